@@ -1,0 +1,150 @@
+"""The `qprune` command line. Each command parses and validates its options, then calls one library
+function. torch and transformers are imported inside the commands, so `qprune --help` is instant.
+Bad input (a `QpruneError`) is printed as one line, `error: ...`, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import QpruneError
+
+app = typer.Typer(
+    help="Prune whole attention and MLP blocks out of Qwen3 models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except QpruneError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in _UNITS:
+        raise QpruneError(f"--max-shard-size: {text!r} is not a size like 500MB or 5GB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def read_plan(attn: Optional[str], mlp: Optional[str], plan_file: Optional[Path]):
+    from .plan import Plan
+
+    if plan_file is not None:
+        if attn or mlp:
+            raise QpruneError("give either --plan or --attn/--mlp, not both")
+        return Plan.from_json(plan_file)
+    return Plan.parse(attn, mlp)
+
+
+ATTN = typer.Option(None, "--attn", help="Layers whose attention block to prune, e.g. 0,5.")
+MLP = typer.Option(None, "--mlp", help="Layers whose MLP block to prune, e.g. 3,7.")
+PLAN = typer.Option(None, "--plan", help='JSON plan file: {"attn": [0, 5], "mlp": [3, 7]}.')
+FORCE = typer.Option(False, "--force", help="Replace OUT if it exists and is not empty.")
+
+
+@app.command()
+def prune(
+    src: str = typer.Argument(..., help="Qwen3 or qprune checkpoint: a local directory or a hub id."),
+    out: Path = typer.Argument(..., help="Directory to write the pruned checkpoint to."),
+    attn: Optional[str] = ATTN,
+    mlp: Optional[str] = MLP,
+    plan: Optional[Path] = PLAN,
+    max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
+    force: bool = FORCE,
+) -> None:
+    """Write a slim checkpoint without the pruned blocks' tensors (streams shard by shard)."""
+    with user_errors():
+        from .pruning import prune as run_prune
+
+        result = run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=parse_size(max_shard_size), force=force)
+    typer.echo(result.summary())
+
+
+@app.command()
+def info(
+    path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+) -> None:
+    """Print a checkpoint's pruning plan and sizes."""
+    with user_errors():
+        from .report import describe, format_layers, human_bytes
+
+        facts = describe(path)
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    typer.echo(
+        f"{facts['path']} ({facts['model_type']}, {facts['num_layers']} layers)\n"
+        f"attention pruned: {format_layers(facts['attn'])}\nMLP pruned:       {format_layers(facts['mlp'])}\n"
+        f"parameters: {facts['parameters']:,}   bytes: {human_bytes(facts['bytes'])}   "
+        f"dtypes: {', '.join(facts['dtypes'])}"
+    )
+
+
+@app.command()
+def verify(
+    path: str = typer.Argument(..., help="Pruned checkpoint."),
+    base: Optional[str] = typer.Option(None, "--base", help="The model it was pruned from, for the oracle checks."),
+) -> None:
+    """Check key accounting, logits against the oracle, and cached vs uncached decoding."""
+    with user_errors():
+        from .verification import verify as run_verify
+
+        checks = run_verify(path, base)
+    for check in checks:
+        typer.echo(str(check))
+    passed = all(check.passed for check in checks)
+    typer.echo("PASS" if passed else "FAIL")
+    if not passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def generate(
+    path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
+    prompt: str = typer.Option(..., "--prompt", help="Text to continue (a user turn if there is a chat template)."),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1),
+) -> None:
+    """Greedy generation from a checkpoint."""
+    with user_errors():
+        from .generate import complete, load_with_tokenizer
+
+        model, tokenizer = load_with_tokenizer(path)
+        typer.echo(complete(model, tokenizer, prompt, max_new_tokens))
+
+
+@app.command()
+def demo(
+    model: Optional[str] = typer.Option(None, "--model", help="Qwen3 to prune (default: the embedded model)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the pruned checkpoint here (default: discarded)."),
+    attn: Optional[str] = ATTN,
+    mlp: Optional[str] = MLP,
+    force: bool = FORCE,
+) -> None:
+    """Prune a model, verify it, and show dense and pruned generations side by side."""
+    with user_errors():
+        from .demo import run_demo
+
+        passed = run_demo(model, out, attn, mlp, force=force, echo=typer.echo)
+    if not passed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,36 @@
+"""Greedy text generation from a checkpoint, with its chat template when it has one.
+
+model, tokenizer = load_with_tokenizer("qwen3-pruned")
+print(complete(model, tokenizer, "def fibonacci(n):", max_new_tokens=40))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .loading import load
+from .source import resolve_model_dir
+
+
+def load_with_tokenizer(path: str | Path, dtype=None):
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model_dir(str(path))
+    return load(model_dir, dtype=dtype), AutoTokenizer.from_pretrained(model_dir)
+
+
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
+    """The model's greedy continuation of `prompt` (as a chat turn if the tokenizer has a template)."""
+    import torch
+
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    inputs = tokenizer(text, return_tensors="pt").to(model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

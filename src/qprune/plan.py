@@ -1,0 +1,115 @@
+"""Pruning plans: which layers lose their attention block and which their MLP block.
+
+A block's tensors are fixed by Qwen3's layout: the attention block is `self_attn.*` plus
+`input_layernorm`, the MLP block is `mlp.*` plus `post_attention_layernorm`. `Plan.prunes(name)`
+answers for one tensor name, which is all the streaming pruner needs.
+
+    plan = Plan.parse(attn="0,5", mlp="3")      # as typed on the command line
+    plan = Plan.from_json("plan.json")          # {"attn": [0, 5], "mlp": [3]}
+    plan.validate(num_layers=28)
+
+This module imports neither torch nor transformers, so pruning a checkpoint never loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import QpruneError
+
+# Mirrors `tensor_block` in modeling/configuration_pruned_qwen3.py, which must stay free of qprune
+# imports because it is copied into checkpoints; tests/test_plan.py checks that the two agree.
+_LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|input_layernorm|mlp|post_attention_layernorm)\.")
+_ATTN_SUBMODULES = ("self_attn", "input_layernorm")
+
+
+def tensor_block(name: str) -> tuple[int, str] | None:
+    """The block a tensor belongs to, as (layer, "attn" | "mlp"), or None for tensors outside blocks."""
+    match = _LAYER_TENSOR.search(name)
+    if match is None:
+        return None
+    return int(match.group(1)), "attn" if match.group(2) in _ATTN_SUBMODULES else "mlp"
+
+
+def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
+    layers = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            layer = int(item)
+        except ValueError:
+            raise QpruneError(f"{option}: {item!r} is not a layer number") from None
+        if layer < 0:
+            raise QpruneError(f"{option}: layer {layer} is negative")
+        layers.append(layer)
+    return tuple(layers)
+
+
+@dataclass(frozen=True)
+class Plan:
+    attn: tuple[int, ...] = ()
+    mlp: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attn", tuple(sorted(set(self.attn))))
+        object.__setattr__(self, "mlp", tuple(sorted(set(self.mlp))))
+
+    @classmethod
+    def parse(cls, attn: str | None = None, mlp: str | None = None) -> Plan:
+        return cls(_parse_layers(attn, "--attn"), _parse_layers(mlp, "--mlp"))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise QpruneError(f"plan file {path} does not exist") from None
+        except (OSError, ValueError) as error:
+            raise QpruneError(f"plan file {path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict) or not set(data) <= {"attn", "mlp"}:
+            raise QpruneError(f'plan file {path} must be an object like {{"attn": [0, 5], "mlp": [3]}}')
+        lists = {key: data.get(key, []) for key in ("attn", "mlp")}
+        for key, layers in lists.items():
+            if not isinstance(layers, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+                raise QpruneError(f"plan file {path}: {key!r} must be a list of layer numbers")
+            if any(i < 0 for i in layers):
+                raise QpruneError(f"plan file {path}: {key!r} holds a negative layer")
+        return cls(tuple(lists["attn"]), tuple(lists["mlp"]))
+
+    @classmethod
+    def from_config(cls, config: dict) -> Plan:
+        """The plan a checkpoint's config.json already carries (empty for a dense Qwen3)."""
+        return cls(tuple(config.get("pruned_attn_layers", ())), tuple(config.get("pruned_mlp_layers", ())))
+
+    def union(self, other: Plan) -> Plan:
+        return Plan(self.attn + other.attn, self.mlp + other.mlp)
+
+    def validate(self, num_layers: int) -> None:
+        for option, layers in (("--attn", self.attn), ("--mlp", self.mlp)):
+            bad = [i for i in layers if i >= num_layers]
+            if bad:
+                raise QpruneError(
+                    f"{option}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{num_layers - 1})"
+                )
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.attn) + len(self.mlp)
+
+    def prunes(self, tensor_name: str) -> bool:
+        block = tensor_block(tensor_name)
+        return block is not None and block[0] in (self.attn if block[1] == "attn" else self.mlp)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"attn": list(self.attn), "mlp": list(self.mlp)}
+
+    def __str__(self) -> str:
+        def layers(xs: tuple[int, ...]) -> str:
+            return ", ".join(map(str, xs)) or "none"
+
+        return f"attention: {layers(self.attn)}; MLP: {layers(self.mlp)}"

@@ -1,0 +1,118 @@
+"""What qprune tells people about a checkpoint: the prune summary, the model card, `qprune info`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .checkpoint import read_checkpoint
+from .plan import Plan
+from .source import read_qwen3_config, resolve_model_dir
+
+if TYPE_CHECKING:
+    from .pruning import PruneResult
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _change(before: int, after: int) -> str:
+    return f"{(after - before) / before:+.1%}" if before else "n/a"
+
+
+def summary(result: PruneResult) -> str:
+    blocks = 2 * result.num_layers
+    return "\n".join(
+        [
+            f"pruned {result.added.num_blocks} blocks ({result.added}) -> {result.out}",
+            f"blocks pruned in total: {result.plan.num_blocks} of {blocks} ({result.plan})",
+            f"parameters: {result.params_before:,} -> {result.params_after:,} "
+            f"({_change(result.params_before, result.params_after)})",
+            f"bytes:      {human_bytes(result.bytes_before)} -> {human_bytes(result.bytes_after)} "
+            f"({_change(result.bytes_before, result.bytes_after)})",
+        ]
+    )
+
+
+def format_layers(layers: tuple[int, ...]) -> str:
+    return ", ".join(map(str, layers)) or "none"
+
+
+_CARD = """\
+---
+{front_matter}library_name: transformers
+tags: [qprune, pruned, qwen3]
+---
+
+# {name}
+
+`{base_model}` with {pruned} of {blocks} transformer blocks pruned by qprune. A pruned block is skipped:
+the residual stream carries the signal past it, exactly as if its output projection were zero.
+
+- Attention blocks pruned (layers): {attn}
+- MLP blocks pruned (layers): {mlp}
+
+| | before | after | change |
+|---|---|---|---|
+| parameters | {params_before:,} | {params_after:,} | {params_change} |
+| bytes | {bytes_before} | {bytes_after} | {bytes_change} |
+
+## How to load
+
+With transformers alone (the modeling code ships in this directory):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+```
+
+With qprune installed, no remote code is needed: `model = qprune.load("{name}")`.
+
+Pruned tensors are absent from the weights and from the loaded model; any other missing tensor is an
+error. Load in bfloat16 or float32: Qwen3 overflows in float16.
+"""
+
+
+def model_card(result: PruneResult, base_model: str) -> str:
+    is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
+    return _CARD.format(
+        front_matter=f"base_model: {base_model}\n" if is_hub_id else "",
+        name=result.out.name,
+        base_model=base_model,
+        pruned=result.plan.num_blocks,
+        blocks=2 * result.num_layers,
+        attn=format_layers(result.plan.attn),
+        mlp=format_layers(result.plan.mlp),
+        params_before=result.params_before,
+        params_after=result.params_after,
+        params_change=_change(result.params_before, result.params_after),
+        bytes_before=human_bytes(result.bytes_before),
+        bytes_after=human_bytes(result.bytes_after),
+        bytes_change=_change(result.bytes_before, result.bytes_after),
+    )
+
+
+def describe(path: str) -> dict:
+    """A checkpoint's plan and sizes, as `qprune info --json` prints them."""
+    model_dir = resolve_model_dir(path)
+    config = read_qwen3_config(model_dir)
+    plan = Plan.from_config(config)
+    tensors = read_checkpoint(model_dir).values()
+    return {
+        "path": str(model_dir),
+        "model_type": config["model_type"],
+        "base_model": config.get("qprune_base_model"),
+        "num_layers": config["num_hidden_layers"],
+        "attn": list(plan.attn),
+        "mlp": list(plan.mlp),
+        "blocks_pruned": plan.num_blocks,
+        "parameters": sum(t.numel for t in tensors),
+        "bytes": sum(t.nbytes for t in tensors),
+        "dtypes": sorted({t.dtype for t in tensors}),
+    }
