@@ -126,6 +126,25 @@ def _shard_groups(entries: list[TensorEntry], max_shard_size: int) -> list[list[
     return groups
 
 
+def _append_bytes(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+    """Append `count` bytes of the source from `offset` to the destination, inside the kernel where
+    copy_file_range works (no copy through Python), else through a bounded buffer."""
+    in_kernel = hasattr(os, "copy_file_range")
+    while count:
+        written = 0
+        if in_kernel:
+            try:
+                written = os.copy_file_range(src_fd, dst_fd, count, offset)
+            except OSError:  # e.g. a filesystem without support: fall back for the rest
+                in_kernel = False
+        if not in_kernel:
+            written = os.write(dst_fd, os.pread(src_fd, min(count, _COPY_CHUNK), offset))
+        if written == 0:
+            raise QpruneError(f"source file ended early: {count} bytes missing at offset {offset}")
+        offset += written
+        count -= written
+
+
 def _write_shard(path: Path, entries: list[TensorEntry]) -> None:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -138,26 +157,19 @@ def _write_shard(path: Path, entries: list[TensorEntry]) -> None:
         offset += entry.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
-    source, source_file = None, None
-    try:
-        with open(path, "wb") as out:
-            out.write(struct.pack("<Q", len(raw)) + raw)
+    with open(path, "wb", buffering=0) as out:
+        out.write(struct.pack("<Q", len(raw)) + raw)
+        source, source_file = None, None
+        try:
             for entry in entries:
-                if entry.file != source_file:  # keep one source shard open at a time
+                if entry.file != source_file:  # one source shard open at a time
                     if source:
                         source.close()
-                    source, source_file = open(entry.file, "rb"), entry.file
-                source.seek(entry.start)
-                remaining = entry.nbytes
-                while remaining:
-                    chunk = source.read(min(_COPY_CHUNK, remaining))
-                    if not chunk:
-                        raise QpruneError(f"{entry.file} ended while reading {entry.name}")
-                    out.write(chunk)
-                    remaining -= len(chunk)
-    finally:
-        if source:
-            source.close()
+                    source, source_file = open(entry.file, "rb", buffering=0), entry.file
+                _append_bytes(source.fileno(), out.fileno(), entry.start, entry.nbytes)
+        finally:
+            if source:
+                source.close()
 
 
 def write_shards(entries: list[TensorEntry], out_dir: Path, max_shard_size: int) -> None:

@@ -21,7 +21,7 @@ def default_plan(num_layers: int) -> Plan:
     """A quarter of the attention blocks, taken from the deep layers (the least important on Qwen
     models), never the last layer."""
     count = max(1, num_layers // 4)
-    return Plan(attn=tuple(range(num_layers - 1 - count, num_layers - 1)))
+    return Plan(attn=tuple(range(max(1, num_layers - 1 - count), num_layers - 1)))
 
 
 def run_demo(

@@ -171,7 +171,7 @@ class PrunedQwen3ForCausalLM(PrunedQwen3PreTrainedModel, Qwen3ForCausalLM):
             raise MissingTensorsError(_missing_message(missing))
         if strict and result.unexpected_keys:
             raise ValueError(f"unexpected tensors in state dict: {', '.join(result.unexpected_keys)}")
-        return result
+        return result._replace(missing_keys=missing)
 
 
 def _released(module: nn.Module) -> bool:

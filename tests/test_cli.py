@@ -1,0 +1,44 @@
+"""The command line itself: fast help, no heavy imports, the demo on the embedded model."""
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from qprune.cli import app, parse_size
+from qprune.demo import EMBEDDED_MODEL, default_plan
+
+runner = CliRunner()
+
+
+def test_help_does_not_import_torch_or_transformers():
+    code = "import sys, qprune.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+
+
+def test_parse_size():
+    assert parse_size("100MB") == 100 * 10**6 and parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("4096") == 4096
+
+
+def test_default_plan_spares_first_and_last_layer():
+    for layers in (4, 6, 28, 36):
+        plan = default_plan(layers)
+        assert plan.num_blocks >= 1 and 0 not in plan.attn and layers - 1 not in plan.attn
+
+
+def test_demo_on_embedded_model(tmp_path):
+    assert (EMBEDDED_MODEL / "model.safetensors").exists()
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "verification: PASS" in result.output
+    assert result.output.count("pruned: ") == 3 and result.output.count("dense: ") == 3
+    assert (tmp_path / "demo" / "config.json").exists()
+
+
+def test_generate(tmp_path):
+    result = runner.invoke(app, ["generate", str(EMBEDDED_MODEL), "--prompt", "The list type", "--max-new-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
