@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -32,6 +33,7 @@ except ImportError:
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging
+import shutil
 logging.set_verbosity_info()
 path, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
@@ -130,6 +132,22 @@ def test_pruned_tensors_present_are_skipped_and_reported_once(base, caplog):
     assert not any(PLAN.prunes(name) for name, _ in model.named_parameters())
     with torch.no_grad():
         assert (model.eval()(token_batch()).logits - oracle(base, PLAN)(token_batch()).logits).abs().max() <= 1e-5
+
+
+def test_pruned_tensors_in_checkpoint_are_skipped_by_from_pretrained(tmp_path, pruned, base, capfd, caplog):
+    for shard in pruned.glob("model*"):  # the pruned config and code, with the dense weights
+        shard.unlink()
+    for shard in base.glob("model*"):
+        shutil.copy(shard, pruned)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        model = qprune.load(pruned, dtype=torch.float32)
+    log = capfd.readouterr().err + caplog.text
+    assert log.count("tensors of pruned blocks are present in the checkpoint; they were not loaded") == 1, log
+    assert "UNEXPECTED" not in log and "were not used" not in log
+    assert not any(PLAN.prunes(name) for name, _ in model.named_parameters())
+    with torch.no_grad():
+        assert (model(token_batch()).logits - oracle(base, PLAN)(token_batch()).logits).abs().max() <= 1e-5
 
 
 def test_dense_qwen3_loads_with_nothing_pruned(untied_base):

@@ -20,6 +20,9 @@ This file is copied into every pruned checkpoint and must import nothing but tor
 
 from __future__ import annotations
 
+import json
+import struct
+
 import torch
 from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import (
@@ -30,11 +33,13 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RMSNorm,
     Qwen3RotaryEmbedding,
 )
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 from .configuration_pruned_qwen3 import PrunedQwen3Config
 
-logger = logging.get_logger(__name__)
+# Under transformers' logger tree (as its own models are), so its verbosity settings and handler apply
+# whether this file runs from qprune or as remote code in a checkpoint.
+logger = logging.get_logger("transformers.models.pruned_qwen3")
 
 
 class MissingTensorsError(ValueError):
@@ -122,6 +127,9 @@ class PrunedQwen3ForCausalLM(PrunedQwen3PreTrainedModel, Qwen3ForCausalLM):
         self.model = PrunedQwen3Model(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Pruned blocks' tensors in a checkpoint are skipped; we say so once ourselves (from_pretrained),
+        # rather than transformers listing each one as unexpected.
+        self._keys_to_ignore_on_load_unexpected = _pruned_tensor_patterns(config)
         self.post_init()
 
     def set_pruned(self, attn: list[int] | None = None, mlp: list[int] | None = None) -> None:
@@ -159,7 +167,9 @@ class PrunedQwen3ForCausalLM(PrunedQwen3PreTrainedModel, Qwen3ForCausalLM):
         missing = model._kept_missing(info["missing_keys"])
         if missing:
             raise MissingTensorsError(_missing_message(missing))
-        model._report_pruned_present(info["unexpected_keys"])
+        model._report_pruned_present(
+            _checkpoint_tensor_names(args[0] if args else kwargs["pretrained_model_name_or_path"])
+        )
         return (model, info) if want_info else model
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -172,6 +182,29 @@ class PrunedQwen3ForCausalLM(PrunedQwen3PreTrainedModel, Qwen3ForCausalLM):
         if strict and result.unexpected_keys:
             raise ValueError(f"unexpected tensors in state dict: {', '.join(result.unexpected_keys)}")
         return result._replace(missing_keys=missing)
+
+
+def _pruned_tensor_patterns(config: PrunedQwen3Config) -> list[str]:
+    blocks = [
+        (config.pruned_attn_layers, "self_attn|input_layernorm"),
+        (config.pruned_mlp_layers, "mlp|post_attention_layernorm"),
+    ]
+    return [rf"(^|\.)layers\.({'|'.join(map(str, layers))})\.({names})\." for layers, names in blocks if layers]
+
+
+def _checkpoint_tensor_names(path) -> list[str]:
+    """Tensor names of a safetensors checkpoint (local or already fetched from the hub), from its index
+    or header alone."""
+    index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index:
+        with open(index) as f:
+            return list(json.load(f)["weight_map"])
+    single = cached_file(path, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+    if single:
+        with open(single, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            return [name for name in json.loads(f.read(header_size)) if name != "__metadata__"]
+    return []
 
 
 def _released(module: nn.Module) -> bool:
