@@ -59,7 +59,11 @@ def test_dtype_is_preserved(tmp_path):
     base = save_tiny_qwen3(tmp_path / "bf16", dtype=torch.bfloat16)
     qprune.prune(str(base), tmp_path / "out", Plan(mlp=(1,)))
     assert {t.dtype for t in read_checkpoint(tmp_path / "out").values()} == {"BF16"}
-    assert qprune.load(tmp_path / "out").dtype == torch.bfloat16
+    model = qprune.load(tmp_path / "out")
+    assert model.dtype == torch.bfloat16
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    stored = sum(t.nbytes for t in read_checkpoint(tmp_path / "out").values())
+    assert abs(held - stored) <= 0.01 * stored
 
 
 def test_pruning_a_pruned_checkpoint_combines_plans(tmp_path, untied_base):

@@ -14,13 +14,13 @@ from .plan import Plan
 from .source import read_qwen3_config, resolve_model_dir
 
 EMBEDDED_MODEL = Path(__file__).parent / "assets" / "qwen3-pydocs"
-PROMPTS = ("The list type", "To open a file, use", "def main():\n   ")
+PROMPTS = ("The list type", "To open a file", "The :mod:`os` module")
 
 
 def default_plan(num_layers: int) -> Plan:
-    """A quarter of the attention blocks, taken from the deep layers (the least important on Qwen
-    models), never the last layer."""
-    count = max(1, num_layers // 4)
+    """A third of the attention blocks, taken from the deep layers (where attention matters least,
+    as LLM-Drop found on Qwen models), never the first or the last layer."""
+    count = max(1, num_layers // 3)
     return Plan(attn=tuple(range(max(1, num_layers - 1 - count), num_layers - 1)))
 
 
