@@ -42,3 +42,21 @@ def test_generate(tmp_path):
     result = runner.invoke(app, ["generate", str(EMBEDDED_MODEL), "--prompt", "The list type", "--max-new-tokens", "5"])
     assert result.exit_code == 0, result.output
     assert result.output.strip()
+
+
+def test_generate_uses_the_chat_template(tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from qprune.generate import complete, load_with_tokenizer
+
+    shutil.copytree(EMBEDDED_MODEL, tmp_path / "chat")
+    (tmp_path / "chat" / "chat_template.jinja").write_text("USER: {{ messages[0]['content'] }}\nASSISTANT:")
+    model, tokenizer = load_with_tokenizer(tmp_path / "chat")
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kwargs: seen.append(kwargs["input_ids"]) or generate(**kwargs)
+    complete(model, tokenizer, "hello", max_new_tokens=2)
+    plain = AutoTokenizer.from_pretrained(EMBEDDED_MODEL)
+    assert plain.decode(seen[0][0]) == "USER: hello\nASSISTANT:"
