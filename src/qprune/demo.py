@@ -35,11 +35,13 @@ def run_demo(
 ) -> bool:
     """Run the demo; True when every verification check passed."""
     import torch
+    from transformers.utils import logging
 
     from .generate import complete, load_with_tokenizer
     from .pruning import prune
     from .verification import verify
 
+    logging.disable_progress_bar()  # loading bars would bury the side-by-side output
     source = model or str(EMBEDDED_MODEL)
     num_layers = read_qwen3_config(resolve_model_dir(source))["num_hidden_layers"]
     plan = Plan.parse(attn, mlp) if attn or mlp else default_plan(num_layers)
