@@ -1,5 +1,7 @@
 """The pruned model against stock transformers: oracle logits, KV cache, memory, functional flags."""
 
+import inspect
+
 import pytest
 import torch
 from conftest import VOCAB, oracle, tiny_config, token_batch
@@ -103,7 +105,8 @@ def test_incremental_decoding_matches_full_sequence_with_layer0_attention_pruned
         full = model(ids).logits[:, -1]
         prefix = model(ids[:, :-1], use_cache=True)
         cache = prefix.cache if getattr(prefix, "cache", None) is not None else prefix.past_key_values
-        step = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1]
+        cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        step = model(ids[:, -1:], use_cache=True, **{cache_argument: cache}).logits[:, -1]
     assert (full - step).abs().max().item() <= 1e-5
 
 
