@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import struct
 
 import pytest
 import torch
@@ -110,6 +111,11 @@ def _truncate(path):
         f.truncate(path.stat().st_size - 100)
 
 
+def _damage_header(path):
+    header = b'{"x": {"dtype": "F32"}}'
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+
+
 def _llama(path):
     path.mkdir()
     (path / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 2}')
@@ -127,6 +133,10 @@ BAD_SOURCES = {
     "not a qwen3": (None, "holds a llama model, not a Qwen3"),
     "only bin weights": (None, "has only PyTorch .bin weights"),
     "no config": (lambda p: (p / "config.json").unlink(), "has no config.json"),
+    "damaged header": (
+        lambda p: _damage_header(sorted(p.glob("model-*.safetensors"))[0]),
+        "damaged safetensors header",
+    ),
 }
 
 

@@ -63,13 +63,17 @@ def read_header(path: Path) -> list[TensorEntry]:
             header = json.loads(f.read(header_len))
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise QpruneError(f"cannot read safetensors header of {path}: {error}") from None
-    header.pop("__metadata__", None)
     base = 8 + header_len
     entries, data_end = [], 0
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        entries.append(TensorEntry(name, path, info["dtype"], tuple(info["shape"]), base + begin, base + end))
-        data_end = max(data_end, end)
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            entries.append(TensorEntry(name, path, info["dtype"], tuple(info["shape"]), base + begin, base + end))
+            data_end = max(data_end, end)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise QpruneError(f"{path} has a damaged safetensors header") from None
     if base + data_end != size:
         raise QpruneError(
             f"{path} is truncated or damaged: its header describes {base + data_end} bytes, the file has {size}"
