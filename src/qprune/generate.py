@@ -8,15 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import QpruneError
 from .loading import load
 from .source import resolve_model_dir
 
 
-def load_with_tokenizer(path: str | Path, dtype=None):
+def load_with_tokenizer(path: str | Path, dtype=None, device_map=None):
     from transformers import AutoTokenizer
 
     model_dir = resolve_model_dir(str(path))
-    return load(model_dir, dtype=dtype), AutoTokenizer.from_pretrained(model_dir)
+    return load(model_dir, dtype=dtype, device_map=device_map), AutoTokenizer.from_pretrained(model_dir)
+
+
+def load_for_measurement(source: str, dtype: str = "bfloat16"):
+    """(model, tokenizer, model_dir) for scan and search: every weight the checkpoint holds, in `dtype`
+    (metrics are accumulated in float32 whatever it is), spread over the GPUs when there are any."""
+    import torch
+
+    if dtype not in ("bfloat16", "float32"):
+        raise QpruneError(f"--dtype {dtype}: use bfloat16 or float32 (Qwen3 overflows in float16)")
+    model_dir = resolve_model_dir(source)
+    device_map = "auto" if torch.cuda.is_available() else None
+    model, tokenizer = load_with_tokenizer(model_dir, dtype=getattr(torch, dtype), device_map=device_map)
+    return model, tokenizer, model_dir
 
 
 def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:

@@ -35,6 +35,7 @@ AUTO_MAP = {
 _NOT_COPIED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".py", ".pkl"}
 _NOT_COPIED_NAMES = {"config.json", "README.md", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+SEARCH_REPORT = "qprune_search.json"
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,11 @@ def prune(
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
+    search: dict | None = None,
 ) -> PruneResult:
-    """Prune `plan`'s blocks out of `source` (directory or hub id) into the new checkpoint `out`."""
+    """Prune `plan`'s blocks out of `source` (directory or hub id) into the new checkpoint `out`.
+    `search` (a `SearchResult.to_dict()` with the data it ran on) says how the plan was chosen: it is
+    written to `qprune_search.json` and summarised in the model card."""
     out = Path(out).absolute()
     check_output(out, force)  # before any download or read
     if max_shard_size <= 0:
@@ -121,5 +125,7 @@ def prune(
         for path in sorted(src_dir.iterdir()):
             if _inherited(path):
                 shutil.copyfile(path, tmp / path.name)
-        (tmp / "README.md").write_text(report.model_card(result, base_model))
+        if search is not None:
+            (tmp / SEARCH_REPORT).write_text(json.dumps(search, indent=2) + "\n")
+        (tmp / "README.md").write_text(report.model_card(result, base_model, search))
     return result

@@ -79,7 +79,27 @@ error. Load in bfloat16 or float32: Qwen3 overflows in float16.
 """
 
 
-def model_card(result: PruneResult, base_model: str) -> str:
+def search_section(search: dict) -> str:
+    """How an automatic plan was chosen: method, data, and the calibration figures after each step."""
+    data = search.get("data", {})
+    lines = [
+        "## How the blocks were chosen",
+        "",
+        f"`qprune prune --auto`, method **{search['method']}** by **{search['metric']}**, target "
+        f"{', '.join(f'{k} {v}' for k, v in search['target'].items())}, on {data.get('samples')} x "
+        f"{data.get('seq_len')} tokens of `{data.get('source')}` (seed {data.get('seed')}). "
+        f"Calibration perplexity before: {search['dense']['perplexity']:.3f}. Full trace: `qprune_search.json`.",
+        "",
+        "| step | layer | block | score | calibration perplexity after |",
+        "|---|---|---|---|---|",
+    ]
+    for k, step in enumerate(search["steps"], 1):
+        after = f"{step['perplexity']:.3f}" if "perplexity" in step else "—"
+        lines.append(f"| {k} | {step['layer']} | {step['block']} | {step['score']:.4g} | {after} |")
+    return "\n".join(lines) + "\n"
+
+
+def model_card(result: PruneResult, base_model: str, search: dict | None = None) -> str:
     is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
     return _CARD.format(
         front_matter=f"base_model: {base_model}\n" if is_hub_id else "",
@@ -95,7 +115,7 @@ def model_card(result: PruneResult, base_model: str) -> str:
         bytes_before=human_bytes(result.bytes_before),
         bytes_after=human_bytes(result.bytes_after),
         bytes_change=_change(result.bytes_before, result.bytes_after),
-    )
+    ) + ("\n" + search_section(search) if search else "")
 
 
 def describe(path: str) -> dict:

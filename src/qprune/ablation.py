@@ -1,0 +1,315 @@
+"""Measure a model with blocks removed, computing only what comes after the first removed block.
+
+Scan and search both ask one question many times: how do the calibration NLL (and the KL divergence
+from the dense model) change if block b is removed as well as those removed already? Running the whole
+model for every candidate wastes the layers before b, whose output does not depend on removing b. So:
+
+    with BlockRunner(model, batches, kl=True) as runner:    # one forward per micro-batch, states kept
+        stats = runner.evaluate(runner.candidates())        # {block: TokenStats}, each from its block on
+        runner.remove((3, "mlp"))                            # commit; states after it are recomputed
+
+A pass over the model records, per micro-batch, the residual stream entering every block and the
+keyword arguments (mask, rotary embeddings) each decoder layer was called with. Removing block b then
+replays the decoder layers from b onward on the stored state, with b skipped by the model's own flags,
+so the arithmetic is exactly that of a full forward: `evaluate_naive` is the full-forward reference the
+tests and benchmarks compare against. States are kept for every micro-batch and block (samples x seq_len
+x hidden x 2 layers values); this memory is what buys the speed.
+
+Blocks are `(layer, "attn" | "mlp")` in forward order. Metrics accumulate in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Block = tuple[int, str]
+KINDS = ("attn", "mlp")
+_LOGIT_BUDGET = 2**21  # float32 logits computed at once (8 MB): big chunks spill out of the CPU caches
+
+
+def all_blocks(num_layers: int) -> list[Block]:
+    return [(layer, kind) for layer in range(num_layers) for kind in KINDS]
+
+
+@dataclass
+class TokenStats:
+    """Sums over predicted tokens; `mean_nll` / `mean_kl` are per token."""
+
+    nll: float = 0.0
+    kl: float = 0.0
+    tokens: int = 0
+
+    def __iadd__(self, other: TokenStats) -> TokenStats:
+        self.nll, self.kl, self.tokens = self.nll + other.nll, self.kl + other.kl, self.tokens + other.tokens
+        return self
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll / self.tokens
+
+    @property
+    def mean_kl(self) -> float:
+        return self.kl / self.tokens
+
+    def metric(self, name: str) -> float:
+        return self.mean_nll if name == "nll" else self.mean_kl
+
+
+def removed_blocks(model) -> set[Block]:
+    """The blocks the model's flags skip right now."""
+    return {
+        (i, kind)
+        for i, layer in enumerate(model.model.layers)
+        for kind, skipped in (("attn", layer.prune_self_attn), ("mlp", layer.prune_mlp))
+        if skipped
+    }
+
+
+@contextmanager
+def skipping(model, blocks: Iterable[Block]) -> Iterator[None]:
+    """Set the model's flags to skip exactly `blocks`, and restore them afterwards."""
+    blocks = set(blocks)
+    before = removed_blocks(model)
+    _set_flags(model, blocks)
+    try:
+        yield
+    finally:
+        _set_flags(model, before)
+
+
+def _set_flags(model, blocks: set[Block]) -> None:
+    for i, layer in enumerate(model.model.layers):
+        layer.prune_self_attn, layer.prune_mlp = (i, "attn") in blocks, (i, "mlp") in blocks
+
+
+def micro_batches(batch: torch.Tensor, vocab_size: int, budget_bytes: int = 2**28) -> list[torch.Tensor]:
+    """Split [samples, seq_len] so a micro-batch's float32 log-probs (the KL reference) fit the budget."""
+    per_sequence = batch.shape[1] * vocab_size * 4
+    size = max(1, min(8, budget_bytes // per_sequence))
+    return list(batch.split(size))
+
+
+def token_stats(
+    model, normed: torch.Tensor, input_ids: torch.Tensor, reference: torch.Tensor | None = None
+) -> TokenStats:
+    """NLL of next-token prediction (and KL(reference || model) when reference log-probs are given) from
+    final normed hidden states; logits are computed in chunks so they never exist all at once."""
+    hidden = normed[:, :-1].reshape(-1, normed.shape[-1])
+    targets = input_ids[:, 1:].reshape(-1).to(hidden.device)
+    weight = model.lm_head.weight
+    chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
+    nll = kl = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()
+        labels = targets[start : start + chunk].to(logits.device)
+        if reference is None:
+            nll = nll + (torch.logsumexp(logits, -1) - logits.gather(-1, labels[:, None])[:, 0]).sum()
+        else:
+            logprobs = torch.log_softmax(logits, -1)
+            ref = reference[start : start + chunk].to(logprobs.device)
+            nll = nll - logprobs.gather(-1, labels[:, None]).sum()
+            kl = kl + (ref.exp() * (ref - logprobs)).sum(-1).clamp_min(0).sum()  # >= 0 up to rounding
+    return TokenStats(float(nll), float(kl), hidden.shape[0])
+
+
+def reference_logprobs(model, normed: torch.Tensor) -> torch.Tensor:
+    hidden = normed[:, :-1].reshape(-1, normed.shape[-1])
+    return torch.log_softmax(F.linear(hidden.to(model.lm_head.weight.device), model.lm_head.weight).float(), -1)
+
+
+@dataclass
+class _Path:
+    """One micro-batch's trip through the model as it is now (with `removed` skipped)."""
+
+    input_ids: torch.Tensor
+    layer_calls: list  # per layer: (extra positional args, keyword args) it was called with
+    states: dict  # block -> residual stream entering it
+    reference: torch.Tensor | None  # dense model's final normed hidden states, for KL
+
+
+class BlockRunner:
+    """Evaluates block removals on calibration batches; see the module docstring."""
+
+    def __init__(self, model, batch: torch.Tensor, *, kl: bool = False, block_hook=None, progress=None) -> None:
+        self.model = model
+        self.layers = model.model.layers
+        self.kl = kl
+        self.removed = removed_blocks(model)
+        self.dense_stats = TokenStats()
+        self._record: dict | None = None
+        self._calls: list | None = None
+        self._block_hook = block_hook  # called as hook(block, input, update) during the first pass
+        self._handles = []
+        for i, layer in enumerate(self.layers):
+            self._handles += [
+                layer.register_forward_pre_hook(self._layer_entered(i), with_kwargs=True),
+                layer.post_attention_layernorm.register_forward_pre_hook(self._mlp_entered(i)),
+            ]
+            if block_hook is not None:
+                self._handles += [
+                    layer.self_attn.register_forward_hook(self._block_done((i, "attn"))),
+                    layer.mlp.register_forward_hook(self._block_done((i, "mlp"))),
+                ]
+        self.paths = []
+        try:
+            batches = micro_batches(batch, model.config.vocab_size)
+            for input_ids in progress(batches, "forward") if progress else batches:
+                self.paths.append(self._first_pass(input_ids))
+        except BaseException:
+            self.close()
+            raise
+        self._block_hook = None
+
+    # -- hooks: record the residual stream entering each block during recorded passes ------------
+
+    def _layer_entered(self, i: int):
+        def hook(module, args, kwargs):
+            if self._record is not None:
+                self._record[(i, "attn")] = args[0] if args else kwargs["hidden_states"]
+            if self._calls is not None:
+                self._calls[i] = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+        return hook
+
+    def _mlp_entered(self, i: int):
+        def hook(module, args):
+            if self._record is not None:
+                self._record[(i, "mlp")] = args[0]
+
+        return hook
+
+    def _block_done(self, block: Block):
+        def hook(module, args, output):
+            if self._block_hook is None or self._record is None:
+                return  # only the first pass measures
+            update = output[0] if isinstance(output, tuple) else output
+            self._block_hook(block, self._record[block], update)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> BlockRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- passes ----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _first_pass(self, input_ids: torch.Tensor) -> _Path:
+        self._record, self._calls = {}, [None] * len(self.layers)
+        try:
+            device = self.model.model.embed_tokens.weight.device
+            normed = self.model.model(input_ids=input_ids.to(device), use_cache=False).last_hidden_state
+            path = _Path(input_ids, self._calls, self._record, normed if self.kl else None)
+        finally:
+            self._record = self._calls = None
+        self.dense_stats += token_stats(self.model, normed, input_ids)
+        return path
+
+    def _run_from(self, path: _Path, block: Block) -> torch.Tensor:
+        """Final normed hidden states when the layers from `block` on are replayed on its stored input
+        (the caller sets the flags, `block` among the skipped)."""
+        layer, kind = block
+        hidden = path.states[block]
+        for i in range(layer if kind == "attn" else layer + 1, len(self.layers)):
+            if self._record is not None:
+                self._record[(i, "attn")] = hidden
+            args, kwargs = path.layer_calls[i]
+            hidden = self.layers[i](hidden, *args, **kwargs)
+        return self.model.model.norm(hidden)
+
+    def candidates(self) -> list[Block]:
+        return [b for b in all_blocks(len(self.layers)) if b not in self.removed]
+
+    @torch.inference_mode()
+    def evaluate(self, candidates: list[Block], progress=None) -> dict[Block, TokenStats]:
+        """Stats of the model with each candidate removed in addition to `self.removed`."""
+        totals = {block: TokenStats() for block in candidates}
+        for path in progress(self.paths, "micro-batch") if progress else self.paths:
+            reference = reference_logprobs(self.model, path.reference) if self.kl else None
+            for block in candidates:
+                with skipping(self.model, self.removed | {block}):
+                    normed = self._run_from(path, block)
+                totals[block] += token_stats(self.model, normed, path.input_ids, reference)
+        return totals
+
+    @torch.inference_mode()
+    def remove(self, block: Block) -> None:
+        """Remove `block` for good: later evaluations start from the model without it."""
+        self.removed = self.removed | {block}
+        with skipping(self.model, self.removed):
+            for path in self.paths:
+                self._record = {}
+                try:
+                    self._run_from(path, block)
+                    path.states.update(self._record)
+                finally:
+                    self._record = None
+
+
+class FullForwardRunner:
+    """`BlockRunner`'s interface computed the plain way, a full forward per candidate and micro-batch:
+    the reference that the runner's results must equal, and the baseline its speed is measured against."""
+
+    def __init__(self, model, batch: torch.Tensor, *, kl: bool = False, progress=None) -> None:
+        self.model, self.kl = model, kl
+        self.removed = removed_blocks(model)
+        self.batches = micro_batches(batch, model.config.vocab_size)
+        self.references: list[torch.Tensor] = []
+        self.dense_stats = self.stats(self.removed, keep_references=kl)
+
+    @torch.inference_mode()
+    def stats(self, blocks: set[Block], keep_references: bool = False) -> TokenStats:
+        """Stats of the model with exactly `blocks` skipped."""
+        device = self.model.model.embed_tokens.weight.device
+        total = TokenStats()
+        with skipping(self.model, blocks):
+            for k, input_ids in enumerate(self.batches):
+                normed = self.model.model(input_ids=input_ids.to(device), use_cache=False).last_hidden_state
+                if keep_references:  # log-probs of every micro-batch kept: the memory a plain search spends
+                    self.references.append(reference_logprobs(self.model, normed))
+                reference = self.references[k] if self.kl else None
+                total += token_stats(self.model, normed, input_ids, reference)
+        return total
+
+    def candidates(self) -> list[Block]:
+        return [b for b in all_blocks(len(self.model.model.layers)) if b not in self.removed]
+
+    def evaluate(self, candidates: list[Block], progress=None) -> dict[Block, TokenStats]:
+        return {
+            block: self.stats(self.removed | {block})
+            for block in (progress(candidates, "candidate") if progress else candidates)
+        }
+
+    def remove(self, block: Block) -> None:
+        self.removed = self.removed | {block}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> FullForwardRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress_bar(enabled: bool = True):
+    """A `progress(iterable, description)` callable for the runner: tqdm bars on stderr, or none."""
+    from tqdm.auto import tqdm
+
+    def wrap(iterable, description: str):
+        return tqdm(iterable, desc=description, leave=False, disable=not enabled)
+
+    return wrap

@@ -1,0 +1,236 @@
+"""`qprune scan`: how much every attention and MLP block matters (the model's "fMRI").
+
+    result = scan_blocks(model, batch)          # model: PrunedQwen3ForCausalLM, batch: [samples, seq_len]
+    print(result.table())
+
+Per block, four measures, each reported so that lower means "safer to remove":
+- one-pass, from a single forward with hooks: the cosine similarity between the block's input and its
+  output (input + update), as ShortGPT and LLM-Drop use it (reported as is: higher = less important),
+  and the update's norm relative to its input's;
+- ablation, removing that block alone: the rise in mean next-token NLL, and the KL divergence of the
+  next-token distribution from the unablated model's. Removal reuses the hidden states before the
+  block (see `ablation.py`), so block b costs only the layers after it.
+
+`run_scan` adds loading, data, and the outputs: a JSON report, a heatmap PNG (with matplotlib), and the
+table in the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .ablation import KINDS, Block, BlockRunner, TokenStats, all_blocks
+from .checkpoint import atomic_output, check_output
+from .data import DataSpec
+
+# Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
+METRICS = {
+    "cosine": ("cosine_similarity", lambda value: 1.0 - value),
+    "update": ("relative_update_norm", lambda value: value),
+    "nll": ("delta_nll", lambda value: value),
+    "kl": ("kl", lambda value: value),
+}
+
+
+class _OnePass:
+    """Per-token cosine(input, input + update) and |update| / |input|, summed in float32."""
+
+    def __init__(self) -> None:
+        self.sums: dict[Block, list[float]] = {}
+
+    def __call__(self, block: Block, block_input: torch.Tensor, update: torch.Tensor) -> None:
+        x = block_input.float()
+        u = update.float().to(x.device)
+        cosine = F.cosine_similarity(x, x + u, dim=-1).sum()
+        ratio = (u.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum()
+        sums = self.sums.setdefault(block, [0.0, 0.0, 0])
+        sums[0] += float(cosine)
+        sums[1] += float(ratio)
+        sums[2] += x.shape[0] * x.shape[1]
+
+    def result(self, block: Block) -> tuple[float, float]:
+        cosine, ratio, tokens = self.sums[block]
+        return cosine / tokens, ratio / tokens
+
+
+@dataclass
+class ScanResult:
+    num_layers: int
+    dense: TokenStats  # the model as loaded (blocks it already prunes skipped)
+    scores: dict[Block, dict[str, float]]  # per block: cosine_similarity, relative_update_norm, delta_nll, kl
+    pruned: list[Block]  # blocks the model already prunes: not scored
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def importance(self, metric: str) -> dict[Block, float]:
+        key, turn = METRICS[metric]
+        return {block: turn(scores[key]) for block, scores in self.scores.items()}
+
+    def to_dict(self) -> dict:
+        blocks = []
+        for block in all_blocks(self.num_layers):
+            entry = {"layer": block[0], "block": block[1], "pruned": block in self.pruned}
+            if block in self.scores:
+                entry.update(self.scores[block])
+                entry["perplexity"] = math.exp(self.dense.mean_nll + self.scores[block]["delta_nll"])
+            blocks.append(entry)
+        return {
+            "num_layers": self.num_layers,
+            "dense": {
+                "nll": self.dense.mean_nll,
+                "perplexity": math.exp(self.dense.mean_nll),
+                "tokens": self.dense.tokens,
+            },
+            "blocks": blocks,
+            "timings_s": {name: round(seconds, 3) for name, seconds in self.timings.items()},
+        }
+
+    def table(self) -> str:
+        ranks = {metric: _ranks(self.importance(metric)) for metric in METRICS}
+        lines = [
+            f"dense calibration perplexity {math.exp(self.dense.mean_nll):.3f}   (rank 1 = least important)",
+            f"{'layer':>5} {'block':<5} {'cosine':>8} {'update':>8} {'dNLL':>9} {'KL':>9} {'ppl':>10}"
+            "   ranks cos/upd/nll/kl",
+        ]
+        for block in all_blocks(self.num_layers):
+            if block not in self.scores:
+                lines.append(f"{block[0]:>5} {block[1]:<5} {'(pruned)':>8}")
+                continue
+            s = self.scores[block]
+            ppl = math.exp(self.dense.mean_nll + s["delta_nll"])
+            rank = "/".join(str(ranks[m][block]) for m in METRICS)
+            lines.append(
+                f"{block[0]:>5} {block[1]:<5} {s['cosine_similarity']:>8.4f} {s['relative_update_norm']:>8.4f} "
+                f"{s['delta_nll']:>9.4f} {s['kl']:>9.4f} {ppl:>10.3f}   {rank}"
+            )
+        return "\n".join(lines)
+
+
+def _ranks(importance: dict[Block, float]) -> dict[Block, int]:
+    return {block: rank for rank, block in enumerate(sorted(importance, key=importance.get), 1)}
+
+
+def scan_blocks(model, batch: torch.Tensor, progress=None) -> ScanResult:
+    """Score every block the model still has on the calibration batch (see the module docstring)."""
+    one_pass = _OnePass()
+    start = time.perf_counter()
+    with BlockRunner(model, batch, kl=True, block_hook=one_pass, progress=progress) as runner:
+        first_pass = time.perf_counter() - start
+        candidates = runner.candidates()
+        ablated = runner.evaluate(candidates, progress=progress)
+        dense = runner.dense_stats
+        pruned = sorted(runner.removed)
+    scores = {}
+    for block in candidates:
+        cosine, ratio = one_pass.result(block)
+        stats = ablated[block]
+        scores[block] = {
+            "cosine_similarity": cosine,
+            "relative_update_norm": ratio,
+            "delta_nll": stats.mean_nll - dense.mean_nll,
+            "kl": stats.mean_kl,
+        }
+    timings = {"one_pass": first_pass, "ablation": time.perf_counter() - start - first_pass}
+    return ScanResult(len(model.model.layers), dense, scores, pruned, timings)
+
+
+def write_heatmap(result: ScanResult, path: Path, title: str) -> bool:
+    """One panel per measure, layers down, {attention, MLP} across. False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [
+        ("cosine", "1 - cosine similarity"),
+        ("update", "relative update norm"),
+        ("nll", "NLL rise when removed"),
+        ("kl", "KL from dense when removed"),
+    ]
+    n = result.num_layers
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 1.2 + 0.3 * n), squeeze=False)
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="lightgrey")
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+        # Colour by rank, not value: one dominant block (often layer 0) would wash out the rest.
+        importance = result.importance(metric)
+        ranks = _ranks(importance)
+        grid = [[ranks.get((layer, kind), math.nan) for kind in ("attn", "mlp")] for layer in range(n)]
+        ax.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest", vmin=1, vmax=max(len(ranks), 2))
+        if n <= 48:
+            for (layer, kind), value in importance.items():
+                shade = ranks[(layer, kind)] > 0.6 * len(ranks)
+                ax.text(
+                    KINDS.index(kind),
+                    layer,
+                    f"{value:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if shade else "black",
+                )
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([0, 1], ["attention", "MLP"], fontsize=8)
+        ax.set_yticks(range(n), [str(i) for i in range(n)], fontsize=6 if n > 24 else 8)
+        ax.set_ylabel("layer", fontsize=8)
+    fig.suptitle(f"{title} — block importance: colour = rank, darker matters more; grey = pruned", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+@dataclass
+class ScanReport:
+    result: ScanResult
+    report: dict
+    out: Path | None
+    heatmap: bool
+
+
+def run_scan(
+    source: str,
+    spec: DataSpec,
+    out: Path | None = None,
+    *,
+    dtype: str = "bfloat16",
+    force: bool = False,
+    progress: bool = True,
+) -> ScanReport:
+    """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png."""
+    from .ablation import progress_bar
+    from .generate import load_for_measurement
+
+    if out is not None:
+        check_output(Path(out), force)
+    start = time.perf_counter()
+    model, tokenizer, model_dir = load_for_measurement(source, dtype)
+    loaded = time.perf_counter()
+    from .data import load_token_batches
+
+    batch = load_token_batches(spec, tokenizer)
+    tokenized = time.perf_counter()
+    result = scan_blocks(model, batch, progress=progress_bar(progress))
+    result.timings = {"load": loaded - start, "data": tokenized - loaded, **result.timings}
+    result.timings["total"] = time.perf_counter() - start
+    report = {
+        "model": source,
+        "data": spec.describe(),
+        "seed": spec.seed,
+        "dtype": dtype,
+        "device": str(model.device),
+        **result.to_dict(),
+    }
+    heatmap = False
+    if out is not None:
+        with atomic_output(Path(out), force) as tmp:
+            (tmp / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
+            heatmap = write_heatmap(result, tmp / "scan.png", Path(str(model_dir)).name)
+    return ScanReport(result, report, Path(out) if out is not None else None, heatmap)

@@ -1,0 +1,322 @@
+"""Choosing which blocks to prune: `qprune prune --auto`.
+
+    target = Target(blocks=4)                    # or Target(param_ratio=0.25)
+    result = greedy_search(model, batch, target, metric="nll")
+    result.plan                                  # Plan(attn=(...), mlp=(...))
+
+- greedy (BlockPruner / SLEB style): remove one block at a time, each step the one whose removal raises
+  the calibration NLL (or the KL from the dense model) least given what is already removed. Each
+  candidate replays only the layers after it (`ablation.BlockRunner`), and the selections equal those of
+  a full forward per candidate (`naive=True`, kept as the reference the tests and benchmarks use).
+- oneshot (ShortGPT / LLM-Drop style): score every block once (`scan`), remove the N least important.
+
+A target is a number of blocks, or a share of the decoder layers' parameters that may go: blocks are
+removed while the removed share stays within it (attention and MLP blocks differ in size).
+`Constraints` keep blocks out of reach: `only` one kind, the first or last K layers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from .ablation import Block, BlockRunner, FullForwardRunner, all_blocks
+from .errors import QpruneError
+from .plan import Plan
+
+METHODS = ("greedy", "oneshot")
+SEARCH_METRICS = ("nll", "kl")
+ONESHOT_METRICS = ("cosine", "update", "nll", "kl")
+
+
+def block_parameters(config) -> dict[str, int]:
+    """Parameters of one attention block and one MLP block (norms included), from the config alone."""
+    hidden, head_dim = (
+        config.hidden_size,
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+    )
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    bias = q + 2 * kv + hidden if config.attention_bias else 0
+    attn = hidden * q + 2 * hidden * kv + q * hidden + bias + 2 * head_dim + hidden  # q/k norms, input norm
+    mlp = 3 * hidden * config.intermediate_size + hidden
+    return {"attn": attn, "mlp": mlp}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    only: str | None = None  # "attn" or "mlp"
+    keep_first: int = 0
+    keep_last: int = 0
+
+    def allows(self, block: Block, num_layers: int) -> bool:
+        layer, kind = block
+        return (
+            (self.only is None or kind == self.only)
+            and layer >= self.keep_first
+            and layer < num_layers - self.keep_last
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    blocks: int | None = None
+    param_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.blocks is None) == (self.param_ratio is None):
+            raise QpruneError("give exactly one of --blocks N and --param-ratio R")
+        if self.blocks is not None and self.blocks < 1:
+            raise QpruneError("--blocks must be at least 1")
+        if self.param_ratio is not None and not 0 < self.param_ratio < 1:
+            raise QpruneError("--param-ratio must be between 0 and 1 (the share of decoder parameters to remove)")
+
+    def describe(self) -> dict:
+        return {"blocks": self.blocks} if self.blocks is not None else {"param_ratio": self.param_ratio}
+
+
+class _Budget:
+    """Which candidates a target still allows, given what is removed."""
+
+    def __init__(self, target: Target, config, already: set[Block]) -> None:
+        self.target = target
+        self.sizes = block_parameters(config)
+        self.total = config.num_hidden_layers * (self.sizes["attn"] + self.sizes["mlp"])
+        self.removed_params = sum(self.sizes[kind] for _, kind in already)
+        if target.param_ratio is not None and self.removed_params / self.total >= target.param_ratio:
+            raise QpruneError(
+                f"the model already lacks {self.removed_params / self.total:.1%} of its decoder parameters, "
+                f"at least the --param-ratio {target.param_ratio}"
+            )
+        self.chosen = 0
+
+    def fits(self, block: Block) -> bool:
+        if self.target.blocks is not None:
+            return self.chosen < self.target.blocks
+        return self.removed_params + self.sizes[block[1]] <= self.target.param_ratio * self.total
+
+    def take(self, block: Block) -> None:
+        self.chosen += 1
+        self.removed_params += self.sizes[block[1]]
+
+    @property
+    def removed_share(self) -> float:
+        return self.removed_params / self.total
+
+
+@dataclass
+class SearchResult:
+    method: str
+    metric: str
+    target: Target
+    constraints: Constraints
+    plan: Plan  # the blocks this search chose (not those the model had pruned already)
+    dense: dict  # calibration nll / perplexity (and kl 0) of the model before the search
+    steps: list[dict]  # per chosen block: its score and, for greedy, the calibration figures after it
+    params_removed_share: float  # of all decoder-layer parameters, counting blocks pruned before
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "metric": self.metric,
+            "target": self.target.describe(),
+            "constraints": vars(self.constraints),
+            "plan": self.plan.to_dict(),
+            "dense": self.dense,
+            "steps": self.steps,
+            "params_removed_share": self.params_removed_share,
+            "timings_s": {name: round(seconds, 3) for name, seconds in self.timings.items()},
+        }
+
+    def table(self) -> str:
+        lines = [f"{self.method} search by {self.metric}: calibration perplexity {self.dense['perplexity']:.3f} before"]
+        for k, step in enumerate(self.steps, 1):
+            figures = "   ".join(f"{key} {step[key]:.4f}" for key in ("score", "perplexity", "kl") if key in step)
+            lines.append(f"{k:>3}. layer {step['layer']:>3} {step['block']:<4}  {figures}")
+        lines.append(f"decoder parameters removed: {self.params_removed_share:.1%}")
+        return "\n".join(lines)
+
+
+def _candidates(model, removed: set[Block], constraints: Constraints) -> list[Block]:
+    n = len(model.model.layers)
+    blocks = [b for b in all_blocks(n) if b not in removed and constraints.allows(b, n)]
+    if not blocks:
+        raise QpruneError("no block may be removed under --only / --keep-first / --keep-last")
+    return blocks
+
+
+def _check_reachable(target: Target, candidates: list[Block]) -> None:
+    if target.blocks is not None and target.blocks > len(candidates):
+        raise QpruneError(
+            f"--blocks {target.blocks}: only {len(candidates)} blocks may be removed under the constraints"
+        )
+
+
+def greedy_search(
+    model,
+    batch,
+    target: Target,
+    metric: str = "nll",
+    constraints: Constraints = Constraints(),
+    *,
+    naive: bool = False,
+    progress=None,
+) -> SearchResult:
+    """Remove blocks one at a time, each step the one that raises `metric` least (ties: forward order)."""
+    if metric not in SEARCH_METRICS:
+        raise QpruneError(f"--metric {metric}: the greedy search uses {' or '.join(SEARCH_METRICS)}")
+    start = time.perf_counter()
+    kl = metric == "kl"
+    runner_class = FullForwardRunner if naive else BlockRunner
+    with runner_class(model, batch, kl=kl, progress=progress) as runner:
+        candidates = _candidates(model, runner.removed, constraints)
+        _check_reachable(target, candidates)
+        budget = _Budget(target, model.config, runner.removed)
+        dense = _figures(runner.dense_stats.mean_nll, 0.0 if kl else None)
+        steps: list[dict] = []
+        while True:
+            eligible = [b for b in candidates if budget.fits(b)]
+            if not eligible:
+                break
+            stats = runner.evaluate(eligible, progress=progress)
+            best = min(eligible, key=lambda b: stats[b].metric(metric))
+            runner.remove(best)
+            budget.take(best)
+            candidates.remove(best)
+            chosen = stats[best]
+            steps.append(
+                {"layer": best[0], "block": best[1], "score": chosen.metric(metric)}
+                | _figures(chosen.mean_nll, chosen.mean_kl if kl else None)
+            )
+        chosen_plan = _plan(runner.removed - _initial(model))
+    return SearchResult(
+        "greedy",
+        metric,
+        target,
+        constraints,
+        chosen_plan,
+        dense,
+        steps,
+        budget.removed_share,
+        {"search": time.perf_counter() - start},
+    )
+
+
+def oneshot_search(
+    model, batch, target: Target, metric: str = "cosine", constraints: Constraints = Constraints(), *, progress=None
+) -> SearchResult:
+    """Score every block once (a scan) and remove the least important that the target allows."""
+    from .scan import scan_blocks
+
+    if metric not in ONESHOT_METRICS:
+        raise QpruneError(f"--metric {metric}: the one-shot method ranks by {', '.join(ONESHOT_METRICS)}")
+    start = time.perf_counter()
+    scan = scan_blocks(model, batch, progress=progress)
+    removed = _initial(model)
+    candidates = _candidates(model, removed, constraints)
+    _check_reachable(target, candidates)
+    budget = _Budget(target, model.config, removed)
+    importance = scan.importance(metric)
+    steps = []
+    for block in sorted(candidates, key=lambda b: importance[b]):
+        if budget.fits(block):
+            budget.take(block)
+            steps.append({"layer": block[0], "block": block[1], "score": importance[block]})
+    plan = _plan({(s["layer"], s["block"]) for s in steps})
+    return SearchResult(
+        "oneshot",
+        metric,
+        target,
+        constraints,
+        plan,
+        _figures(scan.dense.mean_nll, 0.0),
+        steps,
+        budget.removed_share,
+        {"search": time.perf_counter() - start},
+    )
+
+
+def search(
+    model,
+    batch,
+    target: Target,
+    method: str = "greedy",
+    metric: str | None = None,
+    constraints: Constraints = Constraints(),
+    *,
+    progress=None,
+) -> SearchResult:
+    if method not in METHODS:
+        raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
+    if method == "greedy":
+        return greedy_search(model, batch, target, metric or "nll", constraints, progress=progress)
+    return oneshot_search(model, batch, target, metric or "cosine", constraints, progress=progress)
+
+
+def _initial(model) -> set[Block]:
+    """Blocks the loaded checkpoint prunes already (their weights are absent)."""
+    config = model.config
+    return {(i, "attn") for i in config.pruned_attn_layers} | {(i, "mlp") for i in config.pruned_mlp_layers}
+
+
+def _plan(blocks: set[Block]) -> Plan:
+    return Plan(attn=tuple(i for i, k in blocks if k == "attn"), mlp=tuple(i for i, k in blocks if k == "mlp"))
+
+
+def _figures(nll: float, kl: float | None) -> dict:
+    figures = {"nll": nll, "perplexity": math.exp(nll)}
+    return figures if kl is None else figures | {"kl": kl}
+
+
+def calibration_nll(model, batch, plan: Plan) -> float:
+    """Mean next-token NLL on `batch` of the model with `plan`'s blocks skipped as well."""
+    blocks = {(i, "attn") for i in plan.attn} | {(i, "mlp") for i in plan.mlp}
+    return FullForwardRunner(model, batch).stats(_initial(model) | blocks).mean_nll
+
+
+def auto_prune(
+    source: str,
+    out,
+    spec,
+    target: Target,
+    *,
+    method: str = "greedy",
+    metric: str | None = None,
+    constraints: Constraints = Constraints(),
+    dtype: str = "bfloat16",
+    max_shard_size: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+):
+    """Choose a plan on `spec`'s calibration data, then write the pruned checkpoint with the search
+    report in it. Returns (PruneResult, SearchResult)."""
+    from pathlib import Path
+
+    from .ablation import progress_bar
+    from .checkpoint import check_output
+    from .data import load_token_batches
+    from .generate import load_for_measurement
+    from .pruning import DEFAULT_MAX_SHARD_SIZE, prune
+
+    check_output(Path(out).absolute(), force)  # before minutes of search
+    if method not in METHODS:
+        raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
+    if constraints.only not in (None, "attn", "mlp"):
+        raise QpruneError(f"--only {constraints.only}: choose attn or mlp")
+    model, tokenizer, _ = load_for_measurement(source, dtype)
+    if model.config.use_sliding_window and constraints.only != "mlp":
+        raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: add --only mlp")
+    batch = load_token_batches(spec, tokenizer)
+    result = search(model, batch, target, method, metric, constraints, progress=progress_bar(progress))
+    del model  # the weights are copied from the files, not from memory
+    report = {"model": source, "data": spec.describe(), "dtype": dtype, **result.to_dict()}
+    pruned = prune(
+        source,
+        Path(out),
+        result.plan,
+        max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,
+        force=force,
+        search=report,
+    )
+    return pruned, result
