@@ -58,6 +58,22 @@ PLAN = typer.Option(None, "--plan", help='JSON plan file: {"attn": [0, 5], "mlp"
 FORCE = typer.Option(False, "--force", help="Replace OUT if it exists and is not empty.")
 
 
+# Calibration / evaluation data, shared by scan, prune --auto (and eval).
+DATA = typer.Option(None, "--data", help="Text: .txt, .jsonl, .parquet or a datasets id (default: shipped sample).")
+TEXT_FIELD = typer.Option("text", "--text-field", help="Field (jsonl) or column (parquet, datasets) holding text.")
+SAMPLES = typer.Option(32, "--samples", help="Number of sequences drawn from the data.")
+SEQ_LEN = typer.Option(512, "--seq-len", help="Tokens per sequence.")
+SEED = typer.Option(0, "--seed", help="Seed for drawing the sequences.")
+DTYPE = typer.Option("bfloat16", "--dtype", help="Weights' dtype while measuring: bfloat16 or float32.")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr.")
+
+
+def data_spec(data: Optional[str], text_field: str, samples: int, seq_len: int, seed: int):
+    from .data import DataSpec
+
+    return DataSpec(data, text_field=text_field, samples=samples, seq_len=seq_len, seed=seed)
+
+
 @app.command()
 def prune(
     src: str = typer.Argument(..., help="Qwen3 or qprune checkpoint: a local directory or a hub id."),
@@ -65,15 +81,98 @@ def prune(
     attn: Optional[str] = ATTN,
     mlp: Optional[str] = MLP,
     plan: Optional[Path] = PLAN,
+    auto: bool = typer.Option(False, "--auto", help="Choose the blocks on calibration data (see --blocks)."),
+    blocks: Optional[int] = typer.Option(None, "--blocks", help="--auto: number of blocks to remove."),
+    param_ratio: Optional[float] = typer.Option(
+        None, "--param-ratio", help="--auto: share of decoder parameters to remove, at most (e.g. 0.25)."
+    ),
+    method: str = typer.Option("greedy", "--method", help="--auto: greedy (default) or oneshot."),
+    metric: Optional[str] = typer.Option(
+        None,
+        "--metric",
+        help="--auto: greedy ranks by nll (default) or kl; oneshot by cosine (default), update, nll, kl.",
+    ),
+    only: Optional[str] = typer.Option(None, "--only", help="--auto: remove only attn or only mlp blocks."),
+    keep_first: int = typer.Option(0, "--keep-first", help="--auto: never remove blocks of the first K layers."),
+    keep_last: int = typer.Option(0, "--keep-last", help="--auto: never remove blocks of the last K layers."),
+    data: Optional[str] = DATA,
+    text_field: str = TEXT_FIELD,
+    samples: int = SAMPLES,
+    seq_len: int = SEQ_LEN,
+    seed: int = SEED,
+    dtype: str = DTYPE,
     max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
     force: bool = FORCE,
+    progress: bool = PROGRESS,
 ) -> None:
-    """Write a slim checkpoint without the pruned blocks' tensors (streams shard by shard)."""
-    with user_errors():
-        from .pruning import prune as run_prune
+    """Write a slim checkpoint without the pruned blocks' tensors (streams shard by shard).
 
-        result = run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=parse_size(max_shard_size), force=force)
+    The blocks come from --attn/--mlp, --plan, or --auto, which searches calibration data for the blocks
+    that matter least and records its trace in the output."""
+    with user_errors():
+        shard_size = parse_size(max_shard_size)
+        if not auto:
+            if blocks is not None or param_ratio is not None:
+                raise QpruneError("--blocks and --param-ratio choose blocks automatically: add --auto")
+            from .pruning import prune as run_prune
+
+            typer.echo(
+                run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=shard_size, force=force).summary()
+            )
+            return
+        if attn or mlp or plan:
+            raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
+        from .search import Constraints, Target, auto_prune
+
+        result, found = auto_prune(
+            src,
+            out,
+            data_spec(data, text_field, samples, seq_len, seed),
+            Target(blocks, param_ratio),
+            method=method,
+            metric=metric,
+            constraints=Constraints(only, keep_first, keep_last),
+            dtype=dtype,
+            max_shard_size=shard_size,
+            force=force,
+            progress=progress,
+        )
+    typer.echo(found.table() + "\n")
     typer.echo(result.summary())
+
+
+@app.command()
+def scan(
+    model: str = typer.Argument(..., help="Qwen3 or qprune checkpoint: a local directory or a hub id."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write scan.json and scan.png here."),
+    data: Optional[str] = DATA,
+    text_field: str = TEXT_FIELD,
+    samples: int = SAMPLES,
+    seq_len: int = SEQ_LEN,
+    seed: int = SEED,
+    dtype: str = DTYPE,
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+    force: bool = FORCE,
+    progress: bool = PROGRESS,
+) -> None:
+    """Score every attention and MLP block: one-pass cosine/update norm, and NLL rise / KL when removed."""
+    with user_errors():
+        from .scan import run_scan
+
+        done = run_scan(
+            model, data_spec(data, text_field, samples, seq_len, seed), out, dtype=dtype, force=force, progress=progress
+        )
+    if as_json:
+        typer.echo(json.dumps(done.report, indent=2))
+        return
+    typer.echo(done.result.table())
+    if done.out is not None:
+        typer.echo(f"\nreport: {done.out / 'scan.json'}")
+        typer.echo(
+            f"heatmap: {done.out / 'scan.png'}"
+            if done.heatmap
+            else "heatmap: skipped, needs matplotlib: pip install 'qprune[plot]'"
+        )
 
 
 @app.command()

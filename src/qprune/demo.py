@@ -1,7 +1,8 @@
 """`qprune demo`: the whole job on one model, by default the small Qwen3 shipped with qprune.
 
-Prunes a plan, verifies the result against the stock-transformers oracle, and prints dense and pruned
-generations side by side with the sizes. Used as the README's first command.
+Chooses blocks with the greedy search (or takes the plan given), prunes them, verifies the result
+against the stock-transformers oracle, and prints dense and pruned generations side by side with the
+sizes. Used as the README's first command.
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .data import DataSpec
 from .plan import Plan
 from .source import read_qwen3_config, resolve_model_dir
 
 EMBEDDED_MODEL = Path(__file__).parent / "assets" / "qwen3-pydocs"
+DEMO_DATA = DataSpec(samples=16, seq_len=256)  # small: the search takes seconds on a CPU
 PROMPTS = ("The list type", "To open a file", "The :mod:`os` module")
 
 
-def default_plan(num_layers: int) -> Plan:
-    """A third of the attention blocks, taken from the deep layers (where attention matters least,
-    as LLM-Drop found on Qwen models), never the first or the last layer."""
-    count = max(1, num_layers // 3)
-    return Plan(attn=tuple(range(max(1, num_layers - 1 - count), num_layers - 1)))
+def default_block_count(num_layers: int) -> int:
+    """How many blocks the demo removes when no plan is given: a sixth of them."""
+    return max(1, (2 * num_layers) // 6)
 
 
 def run_demo(
@@ -39,16 +40,23 @@ def run_demo(
 
     from .generate import complete, load_with_tokenizer
     from .pruning import prune
+    from .search import Target, auto_prune
     from .verification import verify
 
     logging.disable_progress_bar()  # loading bars would bury the side-by-side output
     source = model or str(EMBEDDED_MODEL)
     num_layers = read_qwen3_config(resolve_model_dir(source))["num_hidden_layers"]
-    plan = Plan.parse(attn, mlp) if attn or mlp else default_plan(num_layers)
     with tempfile.TemporaryDirectory(prefix="qprune-demo-") as scratch:
         target = out or Path(scratch) / "pruned"
-        echo(f"== prune {source}\n")
-        echo(prune(source, target, plan, force=force).summary())
+        if attn or mlp:
+            echo(f"== prune {source}\n")
+            echo(prune(source, target, Plan.parse(attn, mlp), force=force).summary())
+        else:
+            count = default_block_count(num_layers)
+            echo(f"== prune {source} --auto --blocks {count}: greedy search on the shipped calibration text\n")
+            result, found = auto_prune(source, target, DEMO_DATA, Target(blocks=count), force=force, progress=False)
+            echo(found.table() + "\n")
+            echo(result.summary())
         echo("\n== verify against the stock-transformers oracle\n")
         checks = verify(str(target), source)
         for check in checks:

@@ -20,17 +20,21 @@ def load_with_tokenizer(path: str | Path, dtype=None, device_map=None):
     return load(model_dir, dtype=dtype, device_map=device_map), AutoTokenizer.from_pretrained(model_dir)
 
 
-def load_for_measurement(source: str, dtype: str = "bfloat16"):
-    """(model, tokenizer, model_dir) for scan and search: every weight the checkpoint holds, in `dtype`
-    (metrics are accumulated in float32 whatever it is), spread over the GPUs when there are any."""
+def load_for_measurement(source: str, spec, dtype: str = "bfloat16"):
+    """(model, calibration batch) for scan and search. The data is read first, so its errors come
+    before a long load. The model holds every weight the checkpoint has, in `dtype` (metrics are
+    accumulated in float32 whatever it is), spread over the GPUs when there are any."""
     import torch
+    from transformers import AutoTokenizer
+
+    from .data import load_token_batches
 
     if dtype not in ("bfloat16", "float32"):
         raise QpruneError(f"--dtype {dtype}: use bfloat16 or float32 (Qwen3 overflows in float16)")
     model_dir = resolve_model_dir(source)
+    batch = load_token_batches(spec, AutoTokenizer.from_pretrained(model_dir))
     device_map = "auto" if torch.cuda.is_available() else None
-    model, tokenizer = load_with_tokenizer(model_dir, dtype=getattr(torch, dtype), device_map=device_map)
-    return model, tokenizer, model_dir
+    return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
 
 
 def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:

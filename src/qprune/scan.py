@@ -211,14 +211,10 @@ def run_scan(
     if out is not None:
         check_output(Path(out), force)
     start = time.perf_counter()
-    model, tokenizer, model_dir = load_for_measurement(source, dtype)
+    model, batch = load_for_measurement(source, spec, dtype)
     loaded = time.perf_counter()
-    from .data import load_token_batches
-
-    batch = load_token_batches(spec, tokenizer)
-    tokenized = time.perf_counter()
     result = scan_blocks(model, batch, progress=progress_bar(progress))
-    result.timings = {"load": loaded - start, "data": tokenized - loaded, **result.timings}
+    result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start
     report = {
         "model": source,
@@ -232,5 +228,5 @@ def run_scan(
     if out is not None:
         with atomic_output(Path(out), force) as tmp:
             (tmp / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
-            heatmap = write_heatmap(result, tmp / "scan.png", Path(str(model_dir)).name)
+            heatmap = write_heatmap(result, tmp / "scan.png", Path(source.rstrip("/")).name)
     return ScanReport(result, report, Path(out) if out is not None else None, heatmap)

@@ -95,6 +95,14 @@ class _Budget:
             return self.chosen < self.target.blocks
         return self.removed_params + self.sizes[block[1]] <= self.target.param_ratio * self.total
 
+    def check_any_fits(self, candidates: list[Block]) -> None:
+        if not any(self.fits(b) for b in candidates):
+            smallest = min(self.sizes[kind] for _, kind in candidates)
+            raise QpruneError(
+                f"--param-ratio {self.target.param_ratio}: no block fits; the smallest that may be removed holds "
+                f"{smallest / self.total:.1%} of the decoder parameters"
+            )
+
     def take(self, block: Block) -> None:
         self.chosen += 1
         self.removed_params += self.sizes[block[1]]
@@ -132,7 +140,8 @@ class SearchResult:
     def table(self) -> str:
         lines = [f"{self.method} search by {self.metric}: calibration perplexity {self.dense['perplexity']:.3f} before"]
         for k, step in enumerate(self.steps, 1):
-            figures = "   ".join(f"{key} {step[key]:.4f}" for key in ("score", "perplexity", "kl") if key in step)
+            shown = ("perplexity", "kl") if "perplexity" in step else ("score",)  # greedy: the model after it
+            figures = "   ".join(f"{key} {step[key]:.4f}" for key in shown if key in step)
             lines.append(f"{k:>3}. layer {step['layer']:>3} {step['block']:<4}  {figures}")
         lines.append(f"decoder parameters removed: {self.params_removed_share:.1%}")
         return "\n".join(lines)
@@ -173,6 +182,7 @@ def greedy_search(
         candidates = _candidates(model, runner.removed, constraints)
         _check_reachable(target, candidates)
         budget = _Budget(target, model.config, runner.removed)
+        budget.check_any_fits(candidates)
         dense = _figures(runner.dense_stats.mean_nll, 0.0 if kl else None)
         steps: list[dict] = []
         while True:
@@ -217,6 +227,7 @@ def oneshot_search(
     candidates = _candidates(model, removed, constraints)
     _check_reachable(target, candidates)
     budget = _Budget(target, model.config, removed)
+    budget.check_any_fits(candidates)
     importance = scan.importance(metric)
     steps = []
     for block in sorted(candidates, key=lambda b: importance[b]):
@@ -295,7 +306,6 @@ def auto_prune(
 
     from .ablation import progress_bar
     from .checkpoint import check_output
-    from .data import load_token_batches
     from .generate import load_for_measurement
     from .pruning import DEFAULT_MAX_SHARD_SIZE, prune
 
@@ -304,10 +314,9 @@ def auto_prune(
         raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
     if constraints.only not in (None, "attn", "mlp"):
         raise QpruneError(f"--only {constraints.only}: choose attn or mlp")
-    model, tokenizer, _ = load_for_measurement(source, dtype)
+    model, batch = load_for_measurement(source, spec, dtype)
     if model.config.use_sliding_window and constraints.only != "mlp":
         raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: add --only mlp")
-    batch = load_token_batches(spec, tokenizer)
     result = search(model, batch, target, method, metric, constraints, progress=progress_bar(progress))
     del model  # the weights are copied from the files, not from memory
     report = {"model": source, "data": spec.describe(), "dtype": dtype, **result.to_dict()}
