@@ -22,7 +22,7 @@ from qprune.scan import METRICS, scan_blocks
 from qprune.search import Constraints, Target, block_parameters, greedy_search, oneshot_search
 
 USELESS = (4, "attn")  # naturally a middling block of the embedded model (ranks 2-6 of 12)
-SMALL = DataSpec(samples=4, seq_len=128)
+SMALL = DataSpec(samples=8, seq_len=256)  # enough text that every real block matters
 runner = CliRunner()
 
 
@@ -151,7 +151,7 @@ def test_constraints(untied_base):
 
 
 def test_auto_prune_cli_is_deterministic_and_records_its_search(useless_model_dir, tmp_path):
-    args = ["--auto", "--blocks", "3", "--samples", "4", "--seq-len", "128", "--seed", "3", "--no-progress"]
+    args = ["--auto", "--blocks", "3", "--samples", "8", "--seq-len", "256", "--seed", "3", "--no-progress"]
     outputs = []
     for name in ("a", "b"):
         result = runner.invoke(app, ["prune", str(useless_model_dir), str(tmp_path / name), *args])
@@ -245,12 +245,12 @@ def test_auto_prune_refuses_an_existing_output_before_searching(tmp_path):
 def test_scan_cli_writes_report_heatmap_and_table(useless_model_dir, tmp_path):
     out = tmp_path / "scan"
     result = runner.invoke(
-        app, ["scan", str(useless_model_dir), "--out", str(out), "--samples", "4", "--seq-len", "128", "--no-progress"]
+        app, ["scan", str(useless_model_dir), "--out", str(out), "--samples", "8", "--seq-len", "256", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
     assert "ranks cos/upd/nll/kl" in result.output and "   4 attn " in result.output
     report = json.loads((out / "scan.json").read_text())
-    assert report["data"]["samples"] == 4 and report["seed"] == 0 and report["num_layers"] == 6
+    assert report["data"]["samples"] == 8 and report["seed"] == 0 and report["num_layers"] == 6
     assert {"one_pass", "ablation", "load", "total"} <= set(report["timings_s"])
     entry = next(b for b in report["blocks"] if (b["layer"], b["block"]) == USELESS)
     assert entry["delta_nll"] == 0.0 and entry["kl"] == 0.0

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 Block = tuple[int, str]
 KINDS = ("attn", "mlp")
-_LOGIT_BUDGET = 2**21  # float32 logits computed at once (8 MB): big chunks spill out of the CPU caches
+_LOGIT_BUDGET = 2**20  # float32 logits computed at once (4 MB; >= 256 tokens): big chunks spill out of CPU caches
 
 
 def all_blocks(num_layers: int) -> list[Block]:
@@ -108,11 +108,11 @@ def token_stats(
         logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()
         labels = targets[start : start + chunk].to(logits.device)
         if reference is None:
-            nll = nll + (torch.logsumexp(logits, -1) - logits.gather(-1, labels[:, None])[:, 0]).sum()
+            nll = nll + F.cross_entropy(logits, labels, reduction="sum")
         else:
             logprobs = torch.log_softmax(logits, -1)
             ref = reference[start : start + chunk].to(logprobs.device)
-            nll = nll - logprobs.gather(-1, labels[:, None]).sum()
+            nll = nll + F.nll_loss(logprobs, labels, reduction="sum")  # what cross_entropy computes, bit for bit
             kl = kl + (ref.exp() * (ref - logprobs)).sum(-1).clamp_min(0).sum()  # >= 0 up to rounding
     return TokenStats(float(nll), float(kl), hidden.shape[0])
 
@@ -135,7 +135,7 @@ class _Path:
 class BlockRunner:
     """Evaluates block removals on calibration batches; see the module docstring."""
 
-    def __init__(self, model, batch: torch.Tensor, *, kl: bool = False, block_hook=None, progress=None) -> None:
+    def __init__(self, model, batch: torch.Tensor, *, kl: bool = False, progress=None) -> None:
         self.model = model
         self.layers = model.model.layers
         self.kl = kl
@@ -143,18 +143,12 @@ class BlockRunner:
         self.dense_stats = TokenStats()
         self._record: dict | None = None
         self._calls: list | None = None
-        self._block_hook = block_hook  # called as hook(block, input, update) during the first pass
         self._handles = []
         for i, layer in enumerate(self.layers):
             self._handles += [
                 layer.register_forward_pre_hook(self._layer_entered(i), with_kwargs=True),
                 layer.post_attention_layernorm.register_forward_pre_hook(self._mlp_entered(i)),
             ]
-            if block_hook is not None:
-                self._handles += [
-                    layer.self_attn.register_forward_hook(self._block_done((i, "attn"))),
-                    layer.mlp.register_forward_hook(self._block_done((i, "mlp"))),
-                ]
         self.paths = []
         try:
             batches = micro_batches(batch, model.config.vocab_size)
@@ -163,7 +157,6 @@ class BlockRunner:
         except BaseException:
             self.close()
             raise
-        self._block_hook = None
 
     # -- hooks: record the residual stream entering each block during recorded passes ------------
 
@@ -180,15 +173,6 @@ class BlockRunner:
         def hook(module, args):
             if self._record is not None:
                 self._record[(i, "mlp")] = args[0]
-
-        return hook
-
-    def _block_done(self, block: Block):
-        def hook(module, args, output):
-            if self._block_hook is None or self._record is None:
-                return  # only the first pass measures
-            update = output[0] if isinstance(output, tuple) else output
-            self._block_hook(block, self._record[block], update)
 
         return hook
 

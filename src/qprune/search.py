@@ -222,7 +222,7 @@ def oneshot_search(
     if metric not in ONESHOT_METRICS:
         raise QpruneError(f"--metric {metric}: the one-shot method ranks by {', '.join(ONESHOT_METRICS)}")
     start = time.perf_counter()
-    scan = scan_blocks(model, batch, progress=progress)
+    scan = scan_blocks(model, batch, progress=progress, ablation=metric in SEARCH_METRICS)
     removed = _initial(model)
     candidates = _candidates(model, removed, constraints)
     _check_reachable(target, candidates)
