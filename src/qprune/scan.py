@@ -128,7 +128,8 @@ class ScanResult:
             entry = {"layer": block[0], "block": block[1], "pruned": block in self.pruned}
             if block in self.scores:
                 entry.update(self.scores[block])
-                entry["perplexity"] = math.exp(self.dense.mean_nll + self.scores[block]["delta_nll"])
+                if "delta_nll" in entry:
+                    entry["perplexity"] = math.exp(self.dense.mean_nll + entry["delta_nll"])
             blocks.append(entry)
         return {
             "num_layers": self.num_layers,
