@@ -90,7 +90,7 @@ def search_section(search: dict) -> str:
         f"{data.get('seq_len')} tokens of `{data.get('source')}` (seed {data.get('seed')}). "
         f"Calibration perplexity before: {search['dense']['perplexity']:.3f}. Full trace: `qprune_search.json`.",
         "",
-        "| step | layer | block | score | calibration perplexity after |",
+        f"| step | layer | block | {search['metric']} score | calibration perplexity after |",
         "|---|---|---|---|---|",
     ]
     for k, step in enumerate(search["steps"], 1):
