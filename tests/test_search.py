@@ -255,3 +255,15 @@ def test_scan_cli_writes_report_heatmap_and_table(useless_model_dir, tmp_path):
     entry = next(b for b in report["blocks"] if (b["layer"], b["block"]) == USELESS)
     assert entry["delta_nll"] == 0.0 and entry["kl"] == 0.0
     assert (out / "scan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scan_json_and_offline_hub_id(tmp_path):
+    result = runner.invoke(
+        app, ["scan", str(EMBEDDED_MODEL), "--json", "--samples", "2", "--seq-len", "64", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["data"]["source"] == "qprune:pydocs-calibration.txt" and len(report["blocks"]) == 12
+    assert all({"cosine_similarity", "relative_update_norm", "delta_nll", "kl"} <= set(b) for b in report["blocks"])
+    result = runner.invoke(app, ["scan", "no-such-owner-qprune/no-such-model", "--no-progress"])
+    assert result.exit_code == 2 and "could not be downloaded from the Hugging Face Hub" in result.output

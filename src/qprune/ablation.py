@@ -217,10 +217,14 @@ class BlockRunner:
         return [b for b in all_blocks(len(self.layers)) if b not in self.removed]
 
     @torch.inference_mode()
-    def evaluate(self, candidates: list[Block], progress=None) -> dict[Block, TokenStats]:
+    def evaluate(
+        self, candidates: list[Block], progress=None, description: str = "ablations"
+    ) -> dict[Block, TokenStats]:
         """Stats of the model with each candidate removed in addition to `self.removed`."""
         totals = {block: TokenStats() for block in candidates}
-        for path in progress(self.paths, "micro-batch") if progress else self.paths:
+        for path in (
+            progress(self.paths, f"{description} ({len(candidates)} per micro-batch)") if progress else self.paths
+        ):
             reference = reference_logprobs(self.model, path.reference) if self.kl else None
             for block in candidates:
                 with skipping(self.model, self.removed | {block}):
@@ -270,10 +274,12 @@ class FullForwardRunner:
     def candidates(self) -> list[Block]:
         return [b for b in all_blocks(len(self.model.model.layers)) if b not in self.removed]
 
-    def evaluate(self, candidates: list[Block], progress=None) -> dict[Block, TokenStats]:
+    def evaluate(
+        self, candidates: list[Block], progress=None, description: str = "ablations"
+    ) -> dict[Block, TokenStats]:
         return {
             block: self.stats(self.removed | {block})
-            for block in (progress(candidates, "candidate") if progress else candidates)
+            for block in (progress(candidates, description) if progress else candidates)
         }
 
     def remove(self, block: Block) -> None:

@@ -189,7 +189,7 @@ def greedy_search(
             eligible = [b for b in candidates if budget.fits(b)]
             if not eligible:
                 break
-            stats = runner.evaluate(eligible, progress=progress)
+            stats = runner.evaluate(eligible, progress=progress, description=f"greedy step {len(steps) + 1}")
             best = min(eligible, key=lambda b: stats[b].metric(metric))
             runner.remove(best)
             budget.take(best)
