@@ -4,16 +4,17 @@ Scan and search both ask one question many times: how do the calibration NLL (an
 from the dense model) change if block b is removed as well as those removed already? Running the whole
 model for every candidate wastes the layers before b, whose output does not depend on removing b. So:
 
-    with BlockRunner(model, batches, kl=True) as runner:    # one forward per micro-batch, states kept
+    with BlockRunner(model, batch, kl=True) as runner:      # one forward per micro-batch, states kept
         stats = runner.evaluate(runner.candidates())        # {block: TokenStats}, each from its block on
         runner.remove((3, "mlp"))                            # commit; states after it are recomputed
 
 A pass over the model records, per micro-batch, the residual stream entering every block and the
 keyword arguments (mask, rotary embeddings) each decoder layer was called with. Removing block b then
 replays the decoder layers from b onward on the stored state, with b skipped by the model's own flags,
-so the arithmetic is exactly that of a full forward: `evaluate_naive` is the full-forward reference the
-tests and benchmarks compare against. States are kept for every micro-batch and block (samples x seq_len
-x hidden x 2 layers values); this memory is what buys the speed.
+so the arithmetic is exactly that of a full forward: `FullForwardRunner`, the same interface computed by a
+full forward per candidate, is the reference the tests and benchmarks compare against. States are kept
+for every micro-batch and block (samples x seq_len x hidden x 2 x layers values); this memory is what
+buys the speed.
 
 Blocks are `(layer, "attn" | "mlp")` in forward order. Metrics accumulate in float32.
 """
