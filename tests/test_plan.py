@@ -48,8 +48,19 @@ def test_parse_normalises():
     assert Plan.parse(None, None).num_blocks == 0
 
 
+def test_parse_ranges():
+    assert Plan.parse("20-23, 2", "5 - 5").to_dict() == {"attn": [2, 20, 21, 22, 23], "mlp": [5]}
+
+
 @pytest.mark.parametrize(
-    ("attn", "message"), [("x", "'x' is not a layer number"), ("1,-2", "layer -2 is negative"), ("1.5", "'1.5'")]
+    ("attn", "message"),
+    [
+        ("x", "'x' is not a layer number"),
+        ("1,-2", "layer -2 is negative"),
+        ("1.5", "'1.5'"),
+        ("7-3", "runs backwards"),
+        ("1-x", "'1-x' is not a layer number or a range"),
+    ],
 )
 def test_parse_rejects(attn, message):
     with pytest.raises(QpruneError, match=message):

@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 from qprune import load
 from qprune.ablation import BlockRunner, FullForwardRunner, all_blocks
 from qprune.cli import app
+from qprune.cost import Shape, block_parameters
 from qprune.data import DataSpec, load_token_batches
 from qprune.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
 from qprune.plan import Plan
 from qprune.pruning import prune
 from qprune.scan import METRICS, scan_blocks
-from qprune.search import Constraints, Target, block_parameters, greedy_search, oneshot_search
+from qprune.search import Constraints, Target, greedy_search, oneshot_search
 
 USELESS = (4, "attn")  # naturally a middling block of the embedded model (ranks 2-6 of 12)
 SMALL = DataSpec(samples=8, seq_len=256)  # enough text that every real block matters
@@ -113,7 +114,7 @@ def test_greedy_matches_the_naive_search(base):
 def test_block_parameters_match_the_model(untied_base):
     model = load(untied_base, dtype=torch.float32)
     layer = model.model.layers[0]
-    sizes = block_parameters(model.config)
+    sizes = block_parameters(Shape.from_config(model.config))
     assert sizes["attn"] == sum(p.numel() for m in (layer.self_attn, layer.input_layernorm) for p in m.parameters())
     assert sizes["mlp"] == sum(p.numel() for m in (layer.mlp, layer.post_attention_layernorm) for p in m.parameters())
 
@@ -121,7 +122,7 @@ def test_block_parameters_match_the_model(untied_base):
 @pytest.mark.parametrize("ratio", [0.15, 0.3, 0.55])
 def test_param_ratio_respects_its_budget(untied_base, ratio):
     model = load(untied_base, dtype=torch.float32)
-    sizes = block_parameters(model.config)
+    sizes = block_parameters(Shape.from_config(model.config))
     total = 4 * (sizes["attn"] + sizes["mlp"])
     result = greedy_search(model, token_batch(batch=4, length=12), Target(param_ratio=ratio), "nll")
     removed = len(result.plan.attn) * sizes["attn"] + len(result.plan.mlp) * sizes["mlp"]

@@ -104,18 +104,29 @@ def token_stats(
     targets = input_ids[:, 1:].reshape(-1).to(hidden.device)
     weight = model.lm_head.weight
     chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
+    if reference is None:
+        return TokenStats(chunked_nll(model, hidden, targets), 0.0, hidden.shape[0])
     nll = kl = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
         logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()
         labels = targets[start : start + chunk].to(logits.device)
-        if reference is None:
-            nll = nll + F.cross_entropy(logits, labels, reduction="sum")
-        else:
-            logprobs = torch.log_softmax(logits, -1)
-            ref = reference[start : start + chunk].to(logprobs.device)
-            nll = nll + F.nll_loss(logprobs, labels, reduction="sum")  # what cross_entropy computes, bit for bit
-            kl = kl + (ref.exp() * (ref - logprobs)).sum(-1).clamp_min(0).sum()  # >= 0 up to rounding
+        logprobs = torch.log_softmax(logits, -1)
+        ref = reference[start : start + chunk].to(logprobs.device)
+        nll = nll + F.nll_loss(logprobs, labels, reduction="sum")  # what cross_entropy computes, bit for bit
+        kl = kl + (ref.exp() * (ref - logprobs)).sum(-1).clamp_min(0).sum()  # >= 0 up to rounding
     return TokenStats(float(nll), float(kl), hidden.shape[0])
+
+
+def chunked_nll(model, hidden: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed NLL of `targets` [N] given final normed hidden states [N, hidden], in float32; logits are
+    computed a chunk of tokens at a time, so [N, vocab] never exists at once."""
+    weight = model.lm_head.weight
+    chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
+    nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()
+        nll = nll + F.cross_entropy(logits, targets[start : start + chunk].to(logits.device), reduction="sum")
+    return float(nll)
 
 
 def reference_logprobs(model, normed: torch.Tensor) -> torch.Tensor:

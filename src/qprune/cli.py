@@ -175,6 +175,82 @@ def scan(
         )
 
 
+@app.command(name="eval")
+def evaluate(
+    model: str = typer.Argument(..., help="Checkpoint to evaluate: a local directory or a hub id."),
+    base: Optional[str] = typer.Option(None, "--base", help="Dense model to compare with, side by side."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Text: .txt, .jsonl, .parquet, a datasets id (default: qprune:pydocs-heldout.txt)."
+    ),
+    text_field: str = TEXT_FIELD,
+    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per window."),
+    stride: int = typer.Option(512, "--stride", help="Tokens between window starts."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Score only the first N tokens of the text."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Text file, one prompt per line: greedy outputs."),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Perplexity (strided sliding window), beside the base model's, and generations side by side."""
+    with user_errors():
+        from .data import HELDOUT_SOURCE, DataSpec
+        from .evaluate import run_eval
+
+        report = run_eval(
+            model,
+            base,
+            DataSpec(data or HELDOUT_SOURCE, text_field=text_field),
+            seq_len=seq_len,
+            stride=stride,
+            max_tokens=max_tokens,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+
+
+@app.command()
+def bench(
+    model: Optional[str] = typer.Argument(None, help="Pruned checkpoint, measured against --base."),
+    base: Optional[str] = typer.Option(None, "--base", help="The dense model MODEL was pruned from."),
+    shape: Optional[str] = typer.Option(
+        None, "--shape", help="Instead of checkpoints: random weights of a Qwen3 shape (qwen3-0.6b ... qwen3-32b)."
+    ),
+    attn: Optional[str] = typer.Option(None, "--attn", help="--shape: layers whose attention to prune, e.g. 21-27."),
+    mlp: Optional[str] = typer.Option(None, "--mlp", help="--shape: layers whose MLP to prune, e.g. 0,5."),
+    prompt_len: int = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence (prefill)."),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per sequence."),
+    batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (the median is reported)."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed repetitions first."),
+    seed: int = SEED,
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16, float32 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when there is one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Prefill and decode speed, parameter, KV-cache and peak bytes: pruned vs dense vs the plan's ideal."""
+    with user_errors():
+        from .bench import BenchSettings, run_bench
+        from .plan import Plan
+
+        settings = BenchSettings(prompt_len, new_tokens, parse_batches(batch), repeats, warmup, seed)
+        report = run_bench(model, base, shape, Plan.parse(attn, mlp), settings, dtype, device, progress)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise QpruneError(f"--batch: {text!r} is not a list of batch sizes like 1,8") from None
+
+
 @app.command()
 def info(
     path: str = typer.Argument(..., help="Checkpoint directory or hub id."),

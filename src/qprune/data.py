@@ -4,7 +4,8 @@
     spec = DataSpec("notes.jsonl", text_field="body", samples=64, seq_len=256, seed=1)
     batch = load_token_batches(spec, tokenizer)           # LongTensor [samples, seq_len]
 
-A source is a local `.txt` (one document), `.jsonl` (one document per line, in a `text` field or the
+A source is a text shipped with qprune (`qprune:pydocs-calibration.txt`, the default, and
+`qprune:pydocs-heldout.txt`), a local `.txt` (one document), `.jsonl` (one document per line, in a `text` field or the
 one named), `.parquet` (a text column; needs pyarrow), or a `datasets` id when the hub is reachable
 (needs `datasets`). Documents are tokenized, joined with the end-of-text token, cut into consecutive
 windows of `seq_len` tokens, and `samples` windows are drawn with `seed`. Every way this can fail
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 TEXT_DIR = Path(__file__).parent / "assets" / "text"
 CALIBRATION_TEXT = TEXT_DIR / "pydocs-calibration.txt"
 HELDOUT_TEXT = TEXT_DIR / "pydocs-heldout.txt"
+SHIPPED = "qprune:"  # names a text shipped with qprune, e.g. qprune:pydocs-heldout.txt
+HELDOUT_SOURCE = SHIPPED + HELDOUT_TEXT.name  # eval's default: text that calibration never sees
 FORMATS = (".txt", ".jsonl", ".parquet")
 _DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")  # name, owner/name, owner/name:config
 
@@ -38,7 +41,7 @@ _DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")  # name,
 class DataSpec:
     """Where the text comes from and how it is cut; recorded in every report."""
 
-    source: str | None = None  # None: the calibration sample shipped with qprune
+    source: str | None = None  # None: the calibration sample shipped with qprune; "qprune:NAME": a shipped text
     text_field: str = "text"
     samples: int | None = 32  # None: every window
     seq_len: int = 512
@@ -46,13 +49,13 @@ class DataSpec:
     split: str = "train"  # for `datasets` ids
 
     def describe(self) -> dict:
-        return {**asdict(self), "source": self.source or f"qprune:{CALIBRATION_TEXT.name}"}
+        return {**asdict(self), "source": self.source or SHIPPED + CALIBRATION_TEXT.name}
 
 
 def read_documents(spec: DataSpec) -> Iterator[str]:
     """The text of every document in the source, in order."""
-    if spec.source is None:
-        yield CALIBRATION_TEXT.read_text(encoding="utf-8")
+    if spec.source is None or spec.source.startswith(SHIPPED):
+        yield _shipped(spec.source or SHIPPED + CALIBRATION_TEXT.name).read_text(encoding="utf-8")
         return
     path = Path(spec.source).expanduser()
     if not path.exists():
@@ -79,6 +82,14 @@ def read_documents(spec: DataSpec) -> Iterator[str]:
         yield text
     else:
         yield from _jsonl(text, path, spec.text_field)
+
+
+def _shipped(source: str) -> Path:
+    path = TEXT_DIR / source.removeprefix(SHIPPED)
+    if path.parent != TEXT_DIR or path.suffix != ".txt" or not path.is_file():
+        names = ", ".join(SHIPPED + p.name for p in sorted(TEXT_DIR.glob("*.txt")))
+        raise QpruneError(f"data {source}: qprune ships no such text; it ships {names}")
+    return path
 
 
 def _jsonl(text: str, path: Path, field: str) -> Iterator[str]:

@@ -4,7 +4,7 @@ A block's tensors are fixed by Qwen3's layout: the attention block is `self_attn
 `input_layernorm`, the MLP block is `mlp.*` plus `post_attention_layernorm`. `Plan.prunes(name)`
 answers for one tensor name, which is all the streaming pruner needs.
 
-    plan = Plan.parse(attn="0,5", mlp="3")      # as typed on the command line
+    plan = Plan.parse(attn="0,5", mlp="3,20-23")  # as typed on the command line
     plan = Plan.from_json("plan.json")          # {"attn": [0, 5], "mlp": [3]}
     plan.validate(num_layers=28)
 
@@ -40,13 +40,15 @@ def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
         item = item.strip()
         if not item:
             continue
-        try:
-            layer = int(item)
-        except ValueError:
-            raise QpruneError(f"{option}: {item!r} is not a layer number") from None
-        if layer < 0:
-            raise QpruneError(f"{option}: layer {layer} is negative")
-        layers.append(layer)
+        match = re.fullmatch(r"(-?\d+)(?:\s*-\s*(-?\d+))?", item)
+        if match is None:
+            raise QpruneError(f"{option}: {item!r} is not a layer number or a range like 20-27")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if min(first, last) < 0:
+            raise QpruneError(f"{option}: layer {min(first, last)} is negative")
+        if last < first:
+            raise QpruneError(f"{option}: the range {item!r} runs backwards")
+        layers.extend(range(first, last + 1))
     return tuple(layers)
 
 

@@ -22,25 +22,13 @@ import time
 from dataclasses import dataclass, field
 
 from .ablation import Block, BlockRunner, FullForwardRunner, all_blocks
+from .cost import Shape, block_parameters
 from .errors import QpruneError
 from .plan import Plan
 
 METHODS = ("greedy", "oneshot")
 SEARCH_METRICS = ("nll", "kl")
 ONESHOT_METRICS = ("cosine", "update", "nll", "kl")
-
-
-def block_parameters(config) -> dict[str, int]:
-    """Parameters of one attention block and one MLP block (norms included), from the config alone."""
-    hidden, head_dim = (
-        config.hidden_size,
-        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-    )
-    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    bias = q + 2 * kv + hidden if config.attention_bias else 0
-    attn = hidden * q + 2 * hidden * kv + q * hidden + bias + 2 * head_dim + hidden  # q/k norms, input norm
-    mlp = 3 * hidden * config.intermediate_size + hidden
-    return {"attn": attn, "mlp": mlp}
 
 
 @dataclass(frozen=True)
@@ -80,7 +68,7 @@ class _Budget:
 
     def __init__(self, target: Target, config, already: set[Block]) -> None:
         self.target = target
-        self.sizes = block_parameters(config)
+        self.sizes = block_parameters(Shape.from_config(config))
         self.total = config.num_hidden_layers * (self.sizes["attn"] + self.sizes["mlp"])
         self.removed_params = sum(self.sizes[kind] for _, kind in already)
         if target.param_ratio is not None and self.removed_params / self.total >= target.param_ratio:

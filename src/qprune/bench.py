@@ -1,0 +1,403 @@
+"""Speed and memory of a pruned model against its dense model, and against what the plan allows at best.
+
+    report = run_bench(shape="qwen3-0.6b", plan=Plan.parse("21-27", "21-27"))   # random weights
+    report = run_bench(model="qwen3-pruned", base="Qwen/Qwen3-0.6B")            # real checkpoints
+    print(report.table()); report.to_dict()["decode_speedup"]
+
+Both models live in one process and are measured interleaved (dense, pruned, pruned, dense, ...) after
+warm-up, so a noisy machine slows both alike. Tokens/s are medians over the repetitions; a speedup is
+the median of the per-repetition ratios, each from two runs back to back.
+- prefill: one forward over a random prompt of `prompt_len` tokens with the KV cache on and logits for
+  the last position only, as `generate` runs it. Tokens/s counts the prompt tokens of the whole batch.
+- decode: `new_tokens` greedy steps, each one forward of one token per sequence on the KV cache
+  (what `generate` does, without its logits processors). Tokens/s counts generated tokens.
+- memory: parameter bytes; KV-cache bytes after the prompt and every generated token; peak bytes, the
+  weights plus the most memory the prefill and decode add (CUDA's allocator peak; on Linux CPUs the
+  process's peak resident set, reset before each run).
+The ideal speedups come from `cost.py`; measured / ideal says how much of the plan's saving is real.
+Random-weight models stand in for real ones of the same shape: speed does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .cost import Shape, ideal_speedups, kv_bytes, shape_named
+from .errors import QpruneError
+from .plan import Plan
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    prompt_len: int = 512
+    new_tokens: int = 64
+    batches: tuple[int, ...] = (1,)
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name, value, least in (
+            ("--prompt-len", self.prompt_len, 1),
+            ("--new-tokens", self.new_tokens, 1),
+            ("--repeats", self.repeats, 1),
+            ("--warmup", self.warmup, 0),
+        ):
+            if value < least:
+                raise QpruneError(f"{name} must be at least {least}, not {value}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise QpruneError(f"--batch: batch sizes must be at least 1, not {list(self.batches)}")
+
+
+@dataclass
+class ModelFigures:
+    param_bytes: int
+    kv_bytes: int = 0
+    peak_bytes: int | None = None
+    prefill_seconds: list[float] = field(default_factory=list)
+    decode_seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self, tokens_prefill: int, tokens_decode: int) -> dict:
+        prefill, decode = statistics.median(self.prefill_seconds), statistics.median(self.decode_seconds)
+        return {
+            "param_bytes": self.param_bytes,
+            "kv_bytes": self.kv_bytes,
+            "peak_bytes": self.peak_bytes,
+            "prefill_tokens_per_s": tokens_prefill / prefill,
+            "decode_tokens_per_s": tokens_decode / decode,
+            "prefill_seconds": self.prefill_seconds,
+            "decode_seconds": self.decode_seconds,
+        }
+
+
+@dataclass
+class BenchReport:
+    source: dict
+    shape: Shape
+    dense_plan: Plan
+    pruned_plan: Plan
+    settings: BenchSettings
+    device: str
+    dtype: str
+    batches: list[dict]
+
+    def to_dict(self) -> dict:
+        head = {k: v for k, v in self.batches[0].items() if k != "batch"}  # headline: the first batch size
+        return {
+            "source": self.source,
+            "shape": self.shape.to_dict(),
+            "dense_plan": self.dense_plan.to_dict(),
+            "pruned_plan": self.pruned_plan.to_dict(),
+            "device": self.device,
+            "dtype": self.dtype,
+            "settings": {**self.settings.__dict__, "batches": list(self.settings.batches)},
+            "batch": self.batches[0]["batch"],
+            **head,
+            "batches": self.batches,
+        }
+
+    def table(self) -> str:
+        s = self.settings
+        lines = [
+            f"{self.source['description']}: {self.dtype} on {self.device}, prompt {s.prompt_len} tokens, "
+            f"{s.new_tokens} new tokens, median of {s.repeats}",
+            f"pruned: {self.pruned_plan}"
+            + (f"  (base already prunes {self.dense_plan})" if self.dense_plan.num_blocks else ""),
+        ]
+        for row in self.batches:
+            d, p = row["dense"], row["pruned"]
+            lines += [
+                "",
+                f"batch {row['batch']:<12}{'dense':>12}{'pruned':>12}{'speedup':>10}{'ideal':>8}{'meas/ideal':>12}",
+                _speed_row("prefill tok/s", d["prefill_tokens_per_s"], p["prefill_tokens_per_s"], row, "prefill"),
+                _speed_row("decode tok/s", d["decode_tokens_per_s"], p["decode_tokens_per_s"], row, "decode"),
+            ]
+            for label, key in (("param bytes", "param_bytes"), ("KV bytes", "kv_bytes"), ("peak bytes", "peak_bytes")):
+                ratio = f"{p[key] / d[key]:>9.3f}x" if d[key] and p[key] is not None else ""
+                lines.append(f"{label:<18}{_size(d[key]):>12}{_size(p[key]):>12}{ratio}")
+        return "\n".join(lines)
+
+
+def _speed_row(label: str, dense: float, pruned: float, row: dict, kind: str) -> str:
+    return (
+        f"{label:<18}{dense:>12.1f}{pruned:>12.1f}{row[f'{kind}_speedup']:>9.3f}x"
+        f"{row[f'ideal_{kind}_speedup']:>7.3f}x{row[f'{kind}_vs_ideal']:>12.3f}"
+    )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+# -- the models -------------------------------------------------------------------------------------
+
+
+def random_pair(shape: Shape, plan: Plan, dtype: torch.dtype, device: str, seed: int = 0):
+    """A dense random-weight Qwen3 of `shape` and its pruned twin, which shares the dense tensors."""
+    import torch
+
+    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
+    from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+
+    plan.validate(shape.layers)
+    fields = {**shape.config_fields(), "max_position_embeddings": 40960, "rope_theta": 1e6, "rms_norm_eps": 1e-6}
+    torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(dtype):
+        dense = PrunedQwen3ForCausalLM(PrunedQwen3Config(**fields)).eval()
+    with torch.device("meta"):
+        pruned = PrunedQwen3ForCausalLM(
+            PrunedQwen3Config(**fields, pruned_attn_layers=list(plan.attn), pruned_mlp_layers=list(plan.mlp))
+        ).eval()
+    # keep_vars: the same Parameter objects, so a tied lm_head stays tied and nothing is copied.
+    kept = pruned.state_dict().keys()
+    pruned.load_state_dict({k: v for k, v in dense.state_dict(keep_vars=True).items() if k in kept}, assign=True)
+    for name, buffer in dense.named_buffers():  # rotary frequencies: not in the state dict
+        owner, _, attr = name.rpartition(".")
+        pruned.get_submodule(owner)._buffers[attr] = buffer
+    return dense, pruned
+
+
+class _default_dtype:
+    def __init__(self, dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_default_dtype(self.saved)
+
+
+def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str):
+    """The base (dense) and pruned checkpoints, loaded; refused before loading unless their shapes agree."""
+    from .loading import load
+    from .source import read_qwen3_config, resolve_model_dir
+
+    model_dir, base_dir = resolve_model_dir(model), resolve_model_dir(base)
+    shapes = Shape.from_config(read_qwen3_config(model_dir)), Shape.from_config(read_qwen3_config(base_dir))
+    if shapes[0] != shapes[1]:
+        raise QpruneError(f"{model} and --base {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
+    device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
+    return load(base_dir, dtype=dtype, device_map=device_map), load(model_dir, dtype=dtype, device_map=device_map)
+
+
+def param_bytes(model) -> int:
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        seen[p.data_ptr()] = p.numel() * p.element_size()
+    return sum(seen.values())
+
+
+def cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", ()):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None and tensor.numel():
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+class _Runner:
+    """Prefill and greedy decode of one model, through its cache argument (`cache` from transformers
+    5.24, `past_key_values` before)."""
+
+    def __init__(self, model) -> None:
+        import inspect
+
+        self.model = model
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def prefill(self, prompt):
+        out = self.model(prompt, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1:].argmax(-1), out[self.cache_arg]
+
+    def decode(self, token, cache, steps: int):
+        for _ in range(steps):
+            out = self.model(token, use_cache=True, **{self.cache_arg: cache})
+            token = out.logits[:, -1:].argmax(-1)
+        return token, cache
+
+
+class _Clock:
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def __call__(self, fn, *args):
+        self.sync()
+        start = time.perf_counter()
+        result = fn(*args)
+        self.sync()
+        return time.perf_counter() - start, result
+
+
+def _peak_extra_bytes(device: str, run) -> int | None:
+    """The most memory `run()` adds while it runs, or None where this cannot be measured."""
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so the next run's growth shows
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    except OSError:
+        return None
+    before = _status_bytes("VmRSS")
+    run()
+    return _status_bytes("VmHWM") - before
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise QpruneError(f"/proc/self/status has no {key}")
+
+
+def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool = True) -> list[dict]:
+    """Figures for each batch size; see the module docstring for what is timed."""
+    import torch
+    from tqdm.auto import tqdm
+
+    models = {"dense": _Runner(dense), "pruned": _Runner(pruned)}
+    clock = _Clock(device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    vocab = dense.config.vocab_size
+    rows = []
+    total = len(settings.batches) * (settings.warmup + settings.repeats + 1)
+    bar = tqdm(total=total, desc="bench", unit="round", leave=False, disable=not progress)
+    with torch.inference_mode(), bar:
+        for batch in settings.batches:
+            prompt = torch.randint(vocab, (batch, settings.prompt_len), generator=generator).to(device)
+            figures = {name: ModelFigures(param_bytes(runner.model)) for name, runner in models.items()}
+            for repeat in range(settings.warmup + settings.repeats):
+                order = list(models) if repeat % 2 == 0 else list(models)[::-1]
+                for name in order:
+                    runner = models[name]
+                    prefill_s, (token, cache) = clock(runner.prefill, prompt)
+                    decode_s, _ = clock(runner.decode, token, cache, settings.new_tokens)
+                    figures[name].kv_bytes = cache_bytes(cache)
+                    del cache
+                    if repeat >= settings.warmup:
+                        figures[name].prefill_seconds.append(prefill_s)
+                        figures[name].decode_seconds.append(decode_s)
+                bar.update()
+            for name, runner in models.items():
+
+                def run(runner=runner, prompt=prompt) -> None:
+                    token, cache = runner.prefill(prompt)
+                    runner.decode(token, cache, settings.new_tokens)
+
+                extra = _peak_extra_bytes(device, run)
+                figures[name].peak_bytes = None if extra is None else figures[name].param_bytes + extra
+            bar.update()
+            rows.append(_batch_row(batch, figures, settings))
+    return rows
+
+
+def _batch_row(batch: int, figures: dict[str, ModelFigures], settings: BenchSettings) -> dict:
+    tokens_prefill, tokens_decode = batch * settings.prompt_len, batch * settings.new_tokens
+    dense, pruned = (figures[n].to_dict(tokens_prefill, tokens_decode) for n in ("dense", "pruned"))
+    # Speedups are medians of the ratios within each repetition, whose two runs were back to back:
+    # steadier than a ratio of medians when the machine's speed drifts.
+    return {
+        "batch": batch,
+        "prefill_speedup": _paired(dense["prefill_seconds"], pruned["prefill_seconds"]),
+        "decode_speedup": _paired(dense["decode_seconds"], pruned["decode_seconds"]),
+        "dense": dense,
+        "pruned": pruned,
+    }
+
+
+def _paired(dense: list[float], pruned: list[float]) -> float:
+    return statistics.median(d / p for d, p in zip(dense, pruned, strict=True))
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def run_bench(
+    model: str | None = None,
+    base: str | None = None,
+    shape: str | None = None,
+    plan: Plan | None = None,
+    settings: BenchSettings = BenchSettings(),
+    dtype: str = "bfloat16",
+    device: str | None = None,
+    progress: bool = True,
+) -> BenchReport:
+    """Benchmark a pruned checkpoint against `base`, or a random model of a Qwen3 `shape` under `plan`."""
+    import torch
+
+    settings.validate()
+    if dtype not in ("bfloat16", "float32", "float16"):
+        raise QpruneError(f"--dtype {dtype}: use bfloat16, float32 or float16")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QpruneError(f"--device {device}: no CUDA device is available")
+    if shape is not None:
+        if model is not None or base is not None:
+            raise QpruneError("give either --shape (random weights) or a checkpoint with --base, not both")
+        the_shape = shape_named(shape)
+        plan = plan or Plan()
+        plan.validate(the_shape.layers)
+        if not plan.num_blocks:
+            raise QpruneError("--shape needs blocks to prune: --attn and/or --mlp")
+        dense, pruned = random_pair(the_shape, plan, getattr(torch, dtype), device, settings.seed)
+        source = {"shape": shape, "description": f"{shape} shape, random weights"}
+    else:
+        if model is None:
+            raise QpruneError("give a pruned checkpoint and --base, or --shape with --attn/--mlp")
+        if base is None:
+            raise QpruneError(f"bench {model} needs --base: the dense model it was pruned from")
+        if plan is not None and plan.num_blocks:
+            raise QpruneError("--attn/--mlp go with --shape; a checkpoint brings its own plan")
+        dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device)
+        the_shape = Shape.from_config(dense.config)
+        source = {"model": model, "base": base, "description": f"{model} vs {base}"}
+    dense_plan = Plan.from_config(dense.config.to_dict())
+    pruned_plan = Plan.from_config(pruned.config.to_dict())
+    rows = measure(dense, pruned, settings, device, progress)
+    element = dense.get_input_embeddings().weight.element_size()
+    for row in rows:
+        ideal = ideal_speedups(
+            the_shape, dense_plan, pruned_plan, row["batch"], settings.prompt_len, settings.new_tokens, element
+        )
+        row["ideal_prefill_speedup"], row["ideal_decode_speedup"] = ideal.prefill, ideal.decode
+        row["prefill_vs_ideal"] = row["prefill_speedup"] / ideal.prefill
+        row["decode_vs_ideal"] = row["decode_speedup"] / ideal.decode
+        tokens = settings.prompt_len + settings.new_tokens
+        row["expected_kv_bytes"] = {
+            "dense": kv_bytes(the_shape, dense_plan, row["batch"], tokens, element),
+            "pruned": kv_bytes(the_shape, pruned_plan, row["batch"], tokens, element),
+        }
+    return BenchReport(source, the_shape, dense_plan, pruned_plan, settings, device, dtype, rows)

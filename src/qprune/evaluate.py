@@ -1,0 +1,220 @@
+"""How much quality a pruned model lost: perplexity beside its base model's, and generations side by side.
+
+    report = run_eval("qwen3-pruned", base="Qwen/Qwen3-0.6B", prompts="prompts.txt")
+    print(report.table())                  # or report.to_dict()
+    ppl = perplexity(model, tokens, seq_len=1024, stride=512)   # on a model already loaded
+
+Perplexity uses the standard strided sliding window (the recipe of transformers' perplexity guide):
+windows of `seq_len` tokens start every `stride` tokens, and each window scores only the tokens that no
+earlier window scored, so every token but the first is scored exactly once, with at least
+`seq_len - stride` tokens of context once the first window is past. NLL is summed in float32 over
+exact token counts (no mean-of-means). The default text is the held-out sample shipped with qprune,
+which calibration never sees.
+
+Models are loaded one at a time (the pruned model, then the base), so eval needs memory for one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .data import HELDOUT_SOURCE, DataSpec, tokenize
+from .errors import QpruneError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: int  # first token fed to the model
+    end: int  # one past the last token fed
+    scored_from: int  # first token whose prediction counts
+
+
+def windows(total: int, seq_len: int, stride: int) -> list[Window]:
+    """The sliding windows over `total` tokens; together they score tokens 1..total-1 once each."""
+    if seq_len < 2:
+        raise QpruneError("--seq-len must be at least 2")
+    if not 1 <= stride < seq_len:
+        # Windows must overlap: a window's first token has no context in it and cannot be scored there.
+        raise QpruneError(f"--stride must be at least 1 and less than --seq-len ({seq_len}), not {stride}")
+    if total < 2:
+        raise QpruneError(f"the text has {total} token(s); perplexity needs at least 2")
+    spans, scored_to = [], 1  # token 0 has no context, so it is never predicted
+    for begin in range(0, total, stride):
+        end = min(begin + seq_len, total)
+        spans.append(Window(begin, end, scored_to))
+        scored_to = end
+        if end == total:
+            break
+    return spans
+
+
+@dataclass
+class Perplexity:
+    nll: float  # summed over scored tokens
+    tokens: int
+
+    @property
+    def value(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+
+def perplexity(
+    model, tokens: torch.Tensor, seq_len: int = 1024, stride: int = 512, batch_size: int = 4, progress: bool = False
+) -> Perplexity:
+    """Sliding-window perplexity of `model` on a 1-D tensor of token ids."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .ablation import chunked_nll
+
+    spans = windows(tokens.numel(), seq_len, stride)
+    # Windows of one length are batched; only the last one can be shorter.
+    groups: dict[int, list[Window]] = {}
+    for span in spans:
+        groups.setdefault(span.end - span.begin, []).append(span)
+    batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+    device = model.get_input_embeddings().weight.device
+    result = Perplexity(0.0, 0)
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="perplexity", unit="batch", leave=False, disable=not progress):
+            ids = torch.stack([tokens[w.begin : w.end] for w in batch]).to(device)
+            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+            for row, w in enumerate(batch):
+                first = w.scored_from - w.begin  # position of the first scored token in the window
+                targets = ids[row, first:]
+                result.nll += chunked_nll(model, hidden[row, first - 1 : -1], targets)
+                result.tokens += targets.numel()
+    return result
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line of a text file; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise QpruneError(f"prompts file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise QpruneError(f"prompts file {path} is not UTF-8 text") from None
+    if not prompts:
+        raise QpruneError(f"prompts file {path} holds no prompts (one per line)")
+    return prompts
+
+
+@dataclass
+class ModelEval:
+    path: str
+    perplexity: Perplexity
+    generations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    data: dict
+    seq_len: int
+    stride: int
+    model: ModelEval
+    base: ModelEval | None
+    prompts: list[str]
+
+    def to_dict(self) -> dict:
+        out = {
+            "data": self.data,
+            "seq_len": self.seq_len,
+            "stride": self.stride,
+            "tokens": self.model.perplexity.tokens,
+            "model": {"path": self.model.path, "perplexity": self.model.perplexity.value},
+        }
+        if self.base is not None:
+            out["base"] = {"path": self.base.path, "perplexity": self.base.perplexity.value}
+            out["perplexity_change"] = self.model.perplexity.value / self.base.perplexity.value - 1
+        if self.prompts:
+            out["generations"] = [
+                {"prompt": p, "model": self.model.generations[i]}
+                | ({"base": self.base.generations[i]} if self.base else {})
+                for i, p in enumerate(self.prompts)
+            ]
+        return out
+
+    def table(self) -> str:
+        lines = [
+            f"perplexity on {self.data['source']}: {self.model.perplexity.tokens:,} tokens scored, "
+            f"windows of {self.seq_len}, stride {self.stride}",
+            f"  model  {self.model.perplexity.value:10.3f}  {self.model.path}",
+        ]
+        if self.base is not None:
+            change = self.model.perplexity.value / self.base.perplexity.value - 1
+            lines.append(f"  base   {self.base.perplexity.value:10.3f}  {self.base.path}")
+            lines.append(f"  change {change:+10.2%}")
+        for i, prompt in enumerate(self.prompts):
+            lines += ["", f"prompt: {prompt}", f"  model: {_one_line(self.model.generations[i])}"]
+            if self.base is not None:
+                lines.append(f"  base:  {_one_line(self.base.generations[i])}")
+        return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    return text.strip().replace("\n", "\\n")
+
+
+def run_eval(
+    model: str,
+    base: str | None = None,
+    spec: DataSpec | None = None,
+    seq_len: int = 1024,
+    stride: int = 512,
+    max_tokens: int | None = None,
+    prompts: str | Path | None = None,
+    max_new_tokens: int = 40,
+    dtype: str = "bfloat16",
+    batch_size: int = 4,
+    progress: bool = True,
+) -> EvalReport:
+    """Perplexity of `model` (and of `base`) on the data, and their greedy generations for `prompts`."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .generate import complete
+    from .loading import load
+    from .source import read_qwen3_config, resolve_model_dir
+
+    if dtype not in ("bfloat16", "float32"):
+        raise QpruneError(f"--dtype {dtype}: use bfloat16 or float32 (Qwen3 overflows in float16)")
+    if max_tokens is not None and max_tokens < 2:
+        raise QpruneError("--max-tokens must be at least 2")
+    spec = spec or DataSpec(HELDOUT_SOURCE)
+    prompt_list = read_prompts(prompts) if prompts is not None else []
+    # Everything that can be refused is checked before a model is loaded.
+    model_dir = resolve_model_dir(model)
+    base_dir = resolve_model_dir(base) if base is not None else None
+    vocab = read_qwen3_config(model_dir)["vocab_size"]
+    if base_dir is not None and read_qwen3_config(base_dir)["vocab_size"] != vocab:
+        raise QpruneError(f"{model} and --base {base} have different vocabularies; perplexities would not compare")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)
+    windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading
+
+    device_map = "auto" if torch.cuda.is_available() else None
+    results = []
+    for name, path in ((model, model_dir), (base, base_dir)):
+        if path is None:
+            continue
+        loaded = load(path, dtype=getattr(torch, dtype), device_map=device_map)
+        ppl = perplexity(loaded, tokens, seq_len, stride, batch_size, progress)
+        generations = [complete(loaded, tokenizer, p, max_new_tokens) for p in prompt_list]
+        results.append(ModelEval(name, ppl, generations))
+        del loaded
+    return EvalReport(
+        {"source": spec.describe()["source"], "text_field": spec.text_field, "max_tokens": max_tokens},
+        seq_len,
+        stride,
+        results[0],
+        results[1] if len(results) > 1 else None,
+        prompt_list,
+    )
