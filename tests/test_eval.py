@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -123,3 +125,18 @@ def test_eval_refuses_an_empty_prompts_file(pruned_embedded, tmp_path):
     (tmp_path / "p.txt").write_text("\n \n")
     result = runner.invoke(app, ["eval", str(pruned_embedded), "--prompts", str(tmp_path / "p.txt")])
     assert result.exit_code == 2 and "holds no prompts" in result.output
+
+
+def test_eval_in_a_fresh_process_asks_nothing(pruned_embedded):
+    # The tokenizer of a pruned checkpoint reads its config, which names remote code; unregistered,
+    # transformers would stop and ask whether to run it.
+    args = ["eval", str(pruned_embedded), "--max-tokens", "300", "--seq-len", "64", "--stride", "32", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-m", "qprune.cli", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "custom code" not in done.stdout + done.stderr and "299 tokens scored" in done.stdout

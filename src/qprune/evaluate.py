@@ -178,10 +178,9 @@ def run_eval(
 ) -> EvalReport:
     """Perplexity of `model` (and of `base`) on the data, and their greedy generations for `prompts`."""
     import torch
-    from transformers import AutoTokenizer
 
     from .generate import complete
-    from .loading import load
+    from .loading import load, load_tokenizer
     from .source import read_qwen3_config, resolve_model_dir
 
     if dtype not in ("bfloat16", "float32"):
@@ -196,7 +195,7 @@ def run_eval(
     vocab = read_qwen3_config(model_dir)["vocab_size"]
     if base_dir is not None and read_qwen3_config(base_dir)["vocab_size"] != vocab:
         raise QpruneError(f"{model} and --base {base} have different vocabularies; perplexities would not compare")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)
     windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import QpruneError
-from .loading import load
+from .loading import load, load_tokenizer
 from .source import resolve_model_dir
 
 
 def load_with_tokenizer(path: str | Path, dtype=None, device_map=None):
-    from transformers import AutoTokenizer
-
     model_dir = resolve_model_dir(str(path))
-    return load(model_dir, dtype=dtype, device_map=device_map), AutoTokenizer.from_pretrained(model_dir)
+    return load(model_dir, dtype=dtype, device_map=device_map), load_tokenizer(model_dir)
 
 
 def load_for_measurement(source: str, spec, dtype: str = "bfloat16"):
@@ -25,14 +23,13 @@ def load_for_measurement(source: str, spec, dtype: str = "bfloat16"):
     before a long load. The model holds every weight the checkpoint has, in `dtype` (metrics are
     accumulated in float32 whatever it is), spread over the GPUs when there are any."""
     import torch
-    from transformers import AutoTokenizer
 
     from .data import load_token_batches
 
     if dtype not in ("bfloat16", "float32"):
         raise QpruneError(f"--dtype {dtype}: use bfloat16 or float32 (Qwen3 overflows in float16)")
     model_dir = resolve_model_dir(source)
-    batch = load_token_batches(spec, AutoTokenizer.from_pretrained(model_dir))
+    batch = load_token_batches(spec, load_tokenizer(model_dir))
     device_map = "auto" if torch.cuda.is_available() else None
     return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
 

@@ -33,6 +33,15 @@ def register() -> None:
     AutoModelForCausalLM.register(PrunedQwen3Config, PrunedQwen3ForCausalLM, exist_ok=True)
 
 
+def load_tokenizer(path: str | Path):
+    """The checkpoint's tokenizer. The auto classes are registered first: a pruned checkpoint's config
+    names remote code, and transformers would otherwise stop to ask whether to run it."""
+    from transformers import AutoTokenizer
+
+    register()
+    return AutoTokenizer.from_pretrained(path)
+
+
 def load_config(path: str | Path):
     """A `PrunedQwen3Config` for a pruned or a dense Qwen3 checkpoint (a dense one prunes nothing)."""
     from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
