@@ -102,10 +102,10 @@ def token_stats(
     final normed hidden states; logits are computed in chunks so they never exist all at once."""
     hidden = normed[:, :-1].reshape(-1, normed.shape[-1])
     targets = input_ids[:, 1:].reshape(-1).to(hidden.device)
-    weight = model.lm_head.weight
-    chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
     if reference is None:
         return TokenStats(chunked_nll(model, hidden, targets), 0.0, hidden.shape[0])
+    weight = model.lm_head.weight
+    chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
     nll = kl = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
         logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()

@@ -25,6 +25,8 @@ import gc
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,20 +171,16 @@ def random_pair(shape: Shape, plan: Plan, dtype: torch.dtype, device: str, seed:
     return dense, pruned
 
 
-class _default_dtype:
-    def __init__(self, dtype) -> None:
-        self.dtype = dtype
+@contextmanager
+def _default_dtype(dtype) -> Iterator[None]:
+    import torch
 
-    def __enter__(self) -> None:
-        import torch
-
-        self.saved = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc) -> None:
-        import torch
-
-        torch.set_default_dtype(self.saved)
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
 
 
 def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str):
