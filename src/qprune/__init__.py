@@ -4,7 +4,7 @@
     from qprune.plan import Plan
 
     qprune.prune("Qwen/Qwen3-0.6B", "qwen3-pruned", Plan(attn=(20, 22), mlp=(24,)))
-    model = qprune.load("qwen3-pruned")
+    model = qprune.load("qwen3-pruned", quantize="int8")   # or qprune.quantize(model, "int8")
 
 Names are imported lazily so that `qprune --help` does not pay for torch and transformers.
 """
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "PrunedQwen3Config": "qprune.modeling.configuration_pruned_qwen3",
+    "PrunedLinear": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3DecoderLayer": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3ForCausalLM": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3Model": "qprune.modeling.modeling_pruned_qwen3",
@@ -25,10 +26,12 @@ _LAZY = {
     "QpruneError": "qprune.errors",
     "load": "qprune.loading",
     "prune": "qprune.pruning",
+    "quantize": "qprune.quantization",
     "verify": "qprune.verification",
 }
 __all__ = [
     "Plan",
+    "PrunedLinear",
     "PrunedQwen3Config",
     "PrunedQwen3DecoderLayer",
     "PrunedQwen3ForCausalLM",
@@ -36,6 +39,7 @@ __all__ = [
     "QpruneError",
     "load",
     "prune",
+    "quantize",
     "verify",
 ]
 
@@ -43,9 +47,15 @@ if TYPE_CHECKING:
     from .errors import QpruneError
     from .loading import load
     from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-    from .modeling.modeling_pruned_qwen3 import PrunedQwen3DecoderLayer, PrunedQwen3ForCausalLM, PrunedQwen3Model
+    from .modeling.modeling_pruned_qwen3 import (
+        PrunedLinear,
+        PrunedQwen3DecoderLayer,
+        PrunedQwen3ForCausalLM,
+        PrunedQwen3Model,
+    )
     from .plan import Plan
     from .pruning import prune
+    from .quantization import quantize
     from .verification import verify
 
 

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 from .cost import Shape, ideal_speedups, kv_bytes, shape_named
 from .errors import QpruneError
 from .plan import Plan
+from .quantization import mode_named, parameter_bytes
+from .quantization import quantize as quantize_model
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +94,7 @@ class BenchReport:
     device: str
     dtype: str
     batches: list[dict]
+    quantize: str | None = None
 
     def to_dict(self) -> dict:
         head = {k: v for k, v in self.batches[0].items() if k != "batch"}  # headline: the first batch size
@@ -102,6 +105,7 @@ class BenchReport:
             "pruned_plan": self.pruned_plan.to_dict(),
             "device": self.device,
             "dtype": self.dtype,
+            "quantize": self.quantize,
             "settings": {**self.settings.__dict__, "batches": list(self.settings.batches)},
             "batch": self.batches[0]["batch"],
             **head,
@@ -111,7 +115,8 @@ class BenchReport:
     def table(self) -> str:
         s = self.settings
         lines = [
-            f"{self.source['description']}: {self.dtype} on {self.device}, prompt {s.prompt_len} tokens, "
+            f"{self.source['description']}: {self.dtype}{f' quantized {self.quantize}' if self.quantize else ''} "
+            f"on {self.device}, prompt {s.prompt_len} tokens, "
             f"{s.new_tokens} new tokens, median of {s.repeats}",
             f"pruned: {self.pruned_plan}"
             + (f"  (base already prunes {self.dense_plan})" if self.dense_plan.num_blocks else ""),
@@ -183,7 +188,7 @@ def _default_dtype(dtype) -> Iterator[None]:
         torch.set_default_dtype(saved)
 
 
-def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str):
+def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str, quantize: str | None = None):
     """The base (dense) and pruned checkpoints, loaded; refused before loading unless their shapes agree."""
     from .loading import load
     from .source import read_qwen3_config, resolve_model_dir
@@ -193,14 +198,7 @@ def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str):
     if shapes[0] != shapes[1]:
         raise QpruneError(f"{model} and --base {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
     device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
-    return load(base_dir, dtype=dtype, device_map=device_map), load(model_dir, dtype=dtype, device_map=device_map)
-
-
-def param_bytes(model) -> int:
-    seen: dict[int, int] = {}
-    for p in model.parameters():
-        seen[p.data_ptr()] = p.numel() * p.element_size()
-    return sum(seen.values())
+    return tuple(load(d, dtype=dtype, device_map=device_map, quantize=quantize) for d in (base_dir, model_dir))
 
 
 def cache_bytes(cache) -> int:
@@ -296,7 +294,7 @@ def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool 
     with torch.inference_mode(), bar:
         for batch in settings.batches:
             prompt = torch.randint(vocab, (batch, settings.prompt_len), generator=generator).to(device)
-            figures = {name: ModelFigures(param_bytes(runner.model)) for name, runner in models.items()}
+            figures = {name: ModelFigures(parameter_bytes(runner.model)) for name, runner in models.items()}
             for repeat in range(settings.warmup + settings.repeats):
                 order = list(models) if repeat % 2 == 0 else list(models)[::-1]
                 for name in order:
@@ -352,6 +350,7 @@ def run_bench(
     dtype: str = "bfloat16",
     device: str | None = None,
     progress: bool = True,
+    quantize: str | None = None,
 ) -> BenchReport:
     """Benchmark a pruned checkpoint against `base`, or a random model of a Qwen3 `shape` under `plan`."""
     import torch
@@ -362,6 +361,8 @@ def run_bench(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QpruneError(f"--device {device}: no CUDA device is available")
+    if quantize is not None:
+        mode_named(quantize, on_cuda=device.startswith("cuda"))
     if shape is not None:
         if model is not None or base is not None:
             raise QpruneError("give either --shape (random weights) or a checkpoint with --base, not both")
@@ -371,6 +372,8 @@ def run_bench(
         if not plan.num_blocks:
             raise QpruneError("--shape needs blocks to prune: --attn and/or --mlp")
         dense, pruned = random_pair(the_shape, plan, getattr(torch, dtype), device, settings.seed)
+        if quantize is not None:  # each separately: the pair shares its unquantized tensors
+            dense, pruned = quantize_model(dense, quantize), quantize_model(pruned, quantize)
         source = {"shape": shape, "description": f"{shape} shape, random weights"}
     else:
         if model is None:
@@ -379,7 +382,7 @@ def run_bench(
             raise QpruneError(f"bench {model} needs --base: the dense model it was pruned from")
         if plan is not None and plan.num_blocks:
             raise QpruneError("--attn/--mlp go with --shape; a checkpoint brings its own plan")
-        dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device)
+        dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device, quantize)
         the_shape = Shape.from_config(dense.config)
         source = {"model": model, "base": base, "description": f"{model} vs {base}"}
     dense_plan = Plan.from_config(dense.config.to_dict())
@@ -398,4 +401,4 @@ def run_bench(
             "dense": kv_bytes(the_shape, dense_plan, row["batch"], tokens, element),
             "pruned": kv_bytes(the_shape, pruned_plan, row["batch"], tokens, element),
         }
-    return BenchReport(source, the_shape, dense_plan, pruned_plan, settings, device, dtype, rows)
+    return BenchReport(source, the_shape, dense_plan, pruned_plan, settings, device, dtype, rows, quantize)

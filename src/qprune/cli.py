@@ -66,6 +66,31 @@ SEQ_LEN = typer.Option(512, "--seq-len", help="Tokens per sequence.")
 SEED = typer.Option(0, "--seed", help="Seed for drawing the sequences.")
 DTYPE = typer.Option("bfloat16", "--dtype", help="Weights' dtype while measuring: bfloat16 or float32.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr.")
+# Loading for inference: generate, eval, bench, verify.
+QUANTIZE = typer.Option(
+    None,
+    "--quantize",
+    help="Quantize the kept weights while loading: int8 or nf4 (bitsandbytes), torchao-int8, torchao-int4 (CUDA). "
+    "Pruned blocks are never quantized. Needs: pip install 'qprune[quant]'.",
+)
+LOAD_DTYPE = typer.Option(
+    None, "--dtype", help="bfloat16, float32 or float16 (default: the checkpoint's; Qwen3 overflows in float16)."
+)
+CHECK_OVERFLOW = typer.Option(
+    False, "--check-overflow", help="Trace the hidden states and name the first layer where they overflow."
+)
+
+
+@app.callback()
+def _setup() -> None:
+    """Prune whole attention and MLP blocks out of Qwen3 models."""
+    import warnings
+
+    from .quantization import quiet_library_logs
+
+    quiet_library_logs()
+    # Warnings (float16 on Qwen3) read as one line, like errors.
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
 
 
 def data_spec(data: Optional[str], text_field: str, samples: int, seq_len: int, seed: int):
@@ -189,7 +214,9 @@ def evaluate(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Text file, one prompt per line: greedy outputs."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
+    dtype: Optional[str] = LOAD_DTYPE,
+    quantize: Optional[str] = QUANTIZE,
+    check_overflow: bool = CHECK_OVERFLOW,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
     progress: bool = PROGRESS,
 ) -> None:
@@ -210,6 +237,8 @@ def evaluate(
             dtype=dtype,
             batch_size=batch_size,
             progress=progress,
+            quantize=quantize,
+            check_overflow=check_overflow,
         )
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
@@ -231,6 +260,7 @@ def bench(
     seed: int = SEED,
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16, float32 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when there is one)."),
+    quantize: Optional[str] = QUANTIZE,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
     progress: bool = PROGRESS,
 ) -> None:
@@ -240,7 +270,7 @@ def bench(
         from .plan import Plan
 
         settings = BenchSettings(prompt_len, new_tokens, parse_batches(batch), repeats, warmup, seed)
-        report = run_bench(model, base, shape, Plan.parse(attn, mlp), settings, dtype, device, progress)
+        report = run_bench(model, base, shape, Plan.parse(attn, mlp), settings, dtype, device, progress, quantize)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
 
@@ -276,12 +306,17 @@ def info(
 def verify(
     path: str = typer.Argument(..., help="Pruned checkpoint."),
     base: Optional[str] = typer.Option(None, "--base", help="The model it was pruned from, for the oracle checks."),
+    quantize: Optional[str] = typer.Option(
+        None,
+        "--quantize",
+        help="Load quantized (int8, nf4, torchao-int8, torchao-int4); the oracle is quantized alike.",
+    ),
 ) -> None:
     """Check key accounting, logits against the oracle, and cached vs uncached decoding."""
     with user_errors():
         from .verification import verify as run_verify
 
-        checks = run_verify(path, base)
+        checks = run_verify(path, base, quantize=quantize)
     for check in checks:
         typer.echo(str(check))
     passed = all(check.passed for check in checks)
@@ -295,13 +330,23 @@ def generate(
     path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
     prompt: str = typer.Option(..., "--prompt", help="Text to continue (a user turn if there is a chat template)."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1),
+    dtype: Optional[str] = LOAD_DTYPE,
+    quantize: Optional[str] = QUANTIZE,
+    check_overflow: bool = CHECK_OVERFLOW,
 ) -> None:
     """Greedy generation from a checkpoint."""
     with user_errors():
-        from .generate import complete, load_with_tokenizer
+        from .generate import complete, encode_prompt, load_with_tokenizer
+        from .precision import find_overflow, parse_dtype
+        from .quantization import describe
 
-        model, tokenizer = load_with_tokenizer(path)
+        parse_dtype(dtype)
+        model, tokenizer = load_with_tokenizer(path, dtype=dtype, quantize=quantize)
+        if check_overflow:
+            typer.echo(find_overflow(model, encode_prompt(model, tokenizer, prompt)["input_ids"]))
         typer.echo(complete(model, tokenizer, prompt, max_new_tokens))
+        if quantize is not None:  # after a forward pass: bitsandbytes repacks 4-bit weights for CPUs then
+            typer.echo(describe(model), err=True)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from .data import HELDOUT_SOURCE, DataSpec, tokenize
 from .errors import QpruneError
+from .precision import NonFiniteLogitsError, OverflowReport, overflow_message, parse_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -90,6 +91,8 @@ def perplexity(
                 targets = ids[row, first:]
                 result.nll += chunked_nll(model, hidden[row, first - 1 : -1], targets)
                 result.tokens += targets.numel()
+            if not math.isfinite(result.nll):  # inf/NaN logits: say why now, not after every window
+                raise NonFiniteLogitsError(overflow_message(model))
     return result
 
 
@@ -111,7 +114,18 @@ def read_prompts(path: str | Path) -> list[str]:
 class ModelEval:
     path: str
     perplexity: Perplexity
+    param_bytes: int
     generations: list[str] = field(default_factory=list)
+    overflow: OverflowReport | None = None
+
+    def to_dict(self) -> dict:
+        out = {"path": self.path, "perplexity": self.perplexity.value, "param_bytes": self.param_bytes}
+        return out | ({"overflow": str(self.overflow)} if self.overflow else {})
+
+    def line(self, label: str) -> str:
+        from .report import human_bytes
+
+        return f"  {label:<6} {self.perplexity.value:10.3f}  {self.path}  (parameters: {human_bytes(self.param_bytes)})"
 
 
 @dataclass
@@ -122,6 +136,8 @@ class EvalReport:
     model: ModelEval
     base: ModelEval | None
     prompts: list[str]
+    dtype: str
+    quantize: str | None = None
 
     def to_dict(self) -> dict:
         out = {
@@ -129,10 +145,12 @@ class EvalReport:
             "seq_len": self.seq_len,
             "stride": self.stride,
             "tokens": self.model.perplexity.tokens,
-            "model": {"path": self.model.path, "perplexity": self.model.perplexity.value},
+            "dtype": self.dtype,
+            "quantize": self.quantize,
+            "model": self.model.to_dict(),
         }
         if self.base is not None:
-            out["base"] = {"path": self.base.path, "perplexity": self.base.perplexity.value}
+            out["base"] = self.base.to_dict()
             out["perplexity_change"] = self.model.perplexity.value / self.base.perplexity.value - 1
         if self.prompts:
             out["generations"] = [
@@ -145,13 +163,17 @@ class EvalReport:
     def table(self) -> str:
         lines = [
             f"perplexity on {self.data['source']}: {self.model.perplexity.tokens:,} tokens scored, "
-            f"windows of {self.seq_len}, stride {self.stride}",
-            f"  model  {self.model.perplexity.value:10.3f}  {self.model.path}",
+            f"windows of {self.seq_len}, stride {self.stride}; {self.dtype}"
+            + (f", quantized {self.quantize}" if self.quantize else ""),
+            self.model.line("model"),
         ]
         if self.base is not None:
             change = self.model.perplexity.value / self.base.perplexity.value - 1
-            lines.append(f"  base   {self.base.perplexity.value:10.3f}  {self.base.path}")
+            lines.append(self.base.line("base"))
             lines.append(f"  change {change:+10.2%}")
+        lines += [
+            f"{label}: {m.overflow}" for label, m in (("model", self.model), ("base", self.base)) if m and m.overflow
+        ]
         for i, prompt in enumerate(self.prompts):
             lines += ["", f"prompt: {prompt}", f"  model: {_one_line(self.model.generations[i])}"]
             if self.base is not None:
@@ -172,19 +194,26 @@ def run_eval(
     max_tokens: int | None = None,
     prompts: str | Path | None = None,
     max_new_tokens: int = 40,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     batch_size: int = 4,
     progress: bool = True,
+    quantize: str | None = None,
+    check_overflow: bool = False,
 ) -> EvalReport:
-    """Perplexity of `model` (and of `base`) on the data, and their greedy generations for `prompts`."""
+    """Perplexity of `model` (and of `base`) on the data, and their greedy generations for `prompts`.
+    `dtype` defaults to each checkpoint's; `quantize` applies to both models (see quantization.MODES);
+    `check_overflow` runs `find_overflow` on the first window first."""
     import torch
 
     from .generate import complete
     from .loading import load, load_tokenizer
+    from .precision import find_overflow
+    from .quantization import mode_named, parameter_bytes
     from .source import read_qwen3_config, resolve_model_dir
 
-    if dtype not in ("bfloat16", "float32"):
-        raise QpruneError(f"--dtype {dtype}: use bfloat16 or float32 (Qwen3 overflows in float16)")
+    parse_dtype(dtype)  # a bad --dtype or --quantize is refused before anything is loaded
+    if quantize is not None:
+        mode_named(quantize, on_cuda=torch.cuda.is_available())
     if max_tokens is not None and max_tokens < 2:
         raise QpruneError("--max-tokens must be at least 2")
     spec = spec or DataSpec(HELDOUT_SOURCE)
@@ -204,10 +233,14 @@ def run_eval(
     for name, path in ((model, model_dir), (base, base_dir)):
         if path is None:
             continue
-        loaded = load(path, dtype=getattr(torch, dtype), device_map=device_map)
+        loaded = load(path, dtype=dtype, device_map=device_map, quantize=quantize)
+        overflow = find_overflow(loaded, tokens[None, :seq_len]) if check_overflow else None
+        if overflow is not None and overflow.first is not None:
+            raise NonFiniteLogitsError(f"{name}: {overflow}; {overflow_message(loaded, suggest_check=False)}")
         ppl = perplexity(loaded, tokens, seq_len, stride, batch_size, progress)
         generations = [complete(loaded, tokenizer, p, max_new_tokens) for p in prompt_list]
-        results.append(ModelEval(name, ppl, generations))
+        results.append(ModelEval(name, ppl, parameter_bytes(loaded), generations, overflow))
+        dtype_used = str(loaded.get_input_embeddings().weight.dtype).removeprefix("torch.")
         del loaded
     return EvalReport(
         {"source": spec.describe()["source"], "text_field": spec.text_field, "max_tokens": max_tokens},
@@ -216,4 +249,6 @@ def run_eval(
         results[0],
         results[1] if len(results) > 1 else None,
         prompt_list,
+        dtype_used,
+        quantize,
     )

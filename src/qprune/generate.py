@@ -13,9 +13,9 @@ from .loading import load, load_tokenizer
 from .source import resolve_model_dir
 
 
-def load_with_tokenizer(path: str | Path, dtype=None, device_map=None):
+def load_with_tokenizer(path: str | Path, dtype=None, device_map=None, quantize: str | None = None):
     model_dir = resolve_model_dir(str(path))
-    return load(model_dir, dtype=dtype, device_map=device_map), load_tokenizer(model_dir)
+    return load(model_dir, dtype=dtype, device_map=device_map, quantize=quantize), load_tokenizer(model_dir)
 
 
 def load_for_measurement(source: str, spec, dtype: str = "bfloat16"):
@@ -34,18 +34,35 @@ def load_for_measurement(source: str, spec, dtype: str = "bfloat16"):
     return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
 
 
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
-    """The model's greedy continuation of `prompt` (as a chat turn if the tokenizer has a template)."""
-    import torch
-
+def encode_prompt(model, tokenizer, prompt: str):
+    """Tokenized `prompt` on the model's device, as a chat turn if the tokenizer has a template."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     else:
         text = prompt
-    inputs = tokenizer(text, return_tensors="pt").to(model.device)
+    return tokenizer(text, return_tensors="pt").to(model.get_input_embeddings().weight.device)
+
+
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
+    """The model's greedy continuation of `prompt`. Raises `NonFiniteLogitsError` (with advice) if a
+    step's logits hold inf or NaN, rather than returning the garbage it would decode to."""
+    import torch
+
+    from .precision import check_logits
+
+    inputs = encode_prompt(model, tokenizer, prompt)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    for logits in output.logits:
+        check_logits(logits, model)
+    return tokenizer.decode(output.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

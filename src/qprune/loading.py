@@ -2,6 +2,7 @@
 
     model = qprune.load("qwen3-pruned")                  # dtype of the checkpoint
     model = qprune.load("Qwen/Qwen3-0.6B", dtype=torch.float32)   # a dense Qwen3, no block pruned
+    model = qprune.load("qwen3-pruned", quantize="nf4")  # pruned blocks are not quantized (none exist)
 
 No remote code is needed: the classes are registered with transformers' auto classes here. Only
 safetensors are read. A tensor the plan keeps but the checkpoint lacks is an error naming it (the
@@ -54,22 +55,38 @@ def load(
     path: str | Path,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
+    quantize: str | None = None,
     **kwargs: Any,
 ) -> PrunedQwen3ForCausalLM:
-    """Load a checkpoint (directory or hub id) in eval mode; dtype defaults to the checkpoint's."""
+    """Load a checkpoint (directory or hub id) in eval mode.
+
+    dtype defaults to the checkpoint's (float32 on a GPU without bfloat16); float16 warns, as Qwen3
+    overflows in it. `quantize` names a mode of `qprune.quantization.MODES` ("int8", "nf4",
+    "torchao-int8", "torchao-int4"): the kept Linears are quantized as they load, and nothing is built
+    for pruned blocks. A quantized load goes to the GPU when there is one (device_map "auto")."""
+    from .quantization import quantization_config, quiet_library_logs
+
+    quiet_library_logs()  # before transformers is imported: it imports torchao, which logs on import
+    import torch
+
     from .modeling.modeling_pruned_qwen3 import MissingTensorsError, PrunedQwen3ForCausalLM
+    from .precision import choose_dtype
 
     register()
     model_dir = resolve_model_dir(str(path))
+    config = load_config(model_dir)
+    if quantize is not None and device_map is None and torch.cuda.is_available():
+        device_map = "auto"
+    on_cuda = device_map is not None and torch.cuda.is_available() and device_map != "cpu"
+    raw = read_qwen3_config(model_dir)
+    dtype = choose_dtype(dtype, raw.get("dtype") or raw.get("torch_dtype"), on_cuda)
+    if quantize is not None:
+        kwargs["quantization_config"] = quantization_config(quantize, config, dtype, on_cuda=on_cuda)
     try:
         model = PrunedQwen3ForCausalLM.from_pretrained(
-            model_dir,
-            config=load_config(model_dir),
-            dtype=dtype if dtype is not None else "auto",
-            device_map=device_map,
-            use_safetensors=True,
-            **kwargs,
+            model_dir, config=config, dtype=dtype, device_map=device_map, use_safetensors=True, **kwargs
         )
     except MissingTensorsError as error:
         raise QpruneError(f"{model_dir}: {error}") from None
+    model.qprune_quantized = quantize
     return model.eval()

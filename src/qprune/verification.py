@@ -12,6 +12,10 @@ The checks, each with its figure:
   `Qwen3ForCausalLM` with the pruned blocks' o_proj / down_proj zeroed, all in float32;
 - cache: greedy decoding of a left-padded batch with the KV cache equals decoding without it, and the
   cache holds K/V only for the attention layers that run.
+
+`verify(..., quantize="int8")` loads the model quantized (see `quantization.MODES`): params then checks
+that every Linear that runs is quantized and that the pruned blocks' hold nothing, and the oracle is
+quantized the same way.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ from pathlib import Path
 from .checkpoint import read_checkpoint
 from .loading import load, load_config
 from .plan import Plan
+from .precision import overflow_message
 from .source import read_qwen3_config, resolve_model_dir
 
 LOGITS_TOLERANCE = 1e-5
+# Quantized, the pruned model and the oracle run the same quantized kernels on the same inputs; the
+# pruned blocks add exact zeros to the oracle. So the bound stays tight: it allows only for kernels
+# that order their sums differently at different shapes (the logits are of order 10).
+QUANTIZED_LOGITS_TOLERANCE = 1e-3
+QUANTIZED_CACHE_TOLERANCE = 0.02  # of the largest |score|, for bitsandbytes (see check_cache)
 CACHE_TOLERANCE = 1e-4
 
 
@@ -78,22 +88,34 @@ def check_keys(model_dir: Path, base_dir: Path | None) -> Check:
     return Check("keys", f"{len(actual)} tensors = {source}", True)
 
 
-def _oracle(base_dir: Path, plan: Plan):
-    """The base as stock transformers computes it, with the pruned blocks' output projections zeroed."""
+def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
+    """The base as stock transformers computes it, with the pruned blocks' output projections zeroed.
+    Quantized, it is quantized the same way except for those zeroed projections: they stay float32
+    zeros, so the blocks add exactly nothing (a zero weight has no scale to quantize it with)."""
     import torch
     from transformers import Qwen3ForCausalLM
 
+    from .quantization import quantization_config
+
     base_plan = Plan.from_config(read_qwen3_config(base_dir))
+    zeroed_attn, zeroed_mlp = set(plan.attn) - set(base_plan.attn), set(plan.mlp) - set(base_plan.mlp)
+    kwargs = {}
+    if quantize is not None:
+        zeroed = [f"model.layers.{i}.self_attn.o_proj" for i in sorted(zeroed_attn)]
+        zeroed += [f"model.layers.{i}.mlp.down_proj" for i in sorted(zeroed_mlp)]
+        kwargs["quantization_config"] = quantization_config(
+            quantize, load_config(base_dir), torch.float32, also_skip=zeroed, on_cuda=torch.cuda.is_available()
+        )
     if base_plan.num_blocks:  # the base is itself pruned: no stock class can hold it
-        oracle = load(base_dir, dtype=torch.float32)
+        oracle = load(base_dir, dtype=torch.float32, **kwargs)
     else:
-        oracle = Qwen3ForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True).eval()
+        oracle = Qwen3ForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True, **kwargs)
     with torch.no_grad():
-        for i in set(plan.attn) - set(base_plan.attn):
+        for i in zeroed_attn:
             oracle.model.layers[i].self_attn.o_proj.weight.zero_()
-        for i in set(plan.mlp) - set(base_plan.mlp):
+        for i in zeroed_mlp:
             oracle.model.layers[i].mlp.down_proj.weight.zero_()
-    return oracle
+    return oracle.eval()
 
 
 def _greedy(model, input_ids, attention_mask, new_tokens: int, use_cache: bool):
@@ -139,18 +161,67 @@ def check_cache(model, input_ids, new_tokens: int) -> Check:
     cache = cached.cache if getattr(cached, "cache", None) is not None else cached.past_key_values
     kept_attn = sum(not layer.prune_self_attn for layer in model.model.layers)
     slots = filled_cache_slots(cache)
-    passed = same_tokens and delta <= CACHE_TOLERANCE and slots == kept_attn
+    if getattr(model, "qprune_quantized", None) in ("int8", "nf4"):
+        # bitsandbytes' results depend on how many tokens a call holds (LLM.int8 picks outlier columns
+        # over all of them; nf4 has a kernel for single tokens), and cached decoding feeds one token per
+        # call. A broken cache would change the scores wholesale, so a relative bound still catches it.
+        scale = max(score[score.isfinite()].abs().max().item() for score in uncached.scores)
+        tolerance, same_needed = QUANTIZED_CACHE_TOLERANCE * scale, False
+    else:
+        tolerance, same_needed = CACHE_TOLERANCE, True
+    passed = (same_tokens or not same_needed) and delta <= tolerance and slots == kept_attn
     detail = (
         f"cached vs uncached greedy ({new_tokens} tokens, left-padded batch): tokens "
-        f"{'equal' if same_tokens else 'DIFFER'}, max |Δscores| {delta:.2e} (<= {CACHE_TOLERANCE:g}); "
+        f"{'equal' if same_tokens else 'DIFFER'}, max |Δscores| {delta:.2e} (<= {tolerance:.2g}); "
         f"KV cache filled for {slots} layers, attention runs in {kept_attn}"
     )
     return Check("cache", detail, passed)
 
 
+def check_params(model, model_dir: Path) -> Check:
+    """Unquantized: the model holds exactly the parameters the checkpoint stores. Quantized: every
+    Linear that runs is quantized, and the pruned blocks' Linears hold nothing."""
+    if not getattr(model, "qprune_quantized", None):
+        stored = sum(entry.numel for entry in read_checkpoint(model_dir).values())
+        held = sum(p.numel() for p in model.parameters())
+        return Check("params", f"loaded model holds {held:,} parameters, checkpoint stores {stored:,}", held == stored)
+    from torch import nn
+
+    from .modeling.modeling_pruned_qwen3 import PrunedLinear
+    from .quantization import describe
+
+    kinds = (nn.Linear, PrunedLinear)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, kinds) and name != "lm_head"}
+    pruned = {name for name in linears if model.config.is_pruned_tensor(f"{name}.weight")}
+    empty = {name for name, m in linears.items() if isinstance(m, PrunedLinear)}
+    plain = {name for name, m in linears.items() if type(m) is nn.Linear and _is_plain(m.weight)}
+    kept = len(linears) - len(pruned)
+    passed = empty == pruned and not plain
+    detail = (
+        f"{kept - len(plain)} of {kept} kept Linears quantized"
+        f"{f' (not: {sorted(plain)[:3]})' if plain else ''}; the {len(pruned)} of pruned blocks "
+        f"{'hold nothing' if empty == pruned else 'HOLD WEIGHTS'}; {describe(model)}"
+    )
+    return Check("params", detail, passed)
+
+
+def _is_plain(weight) -> bool:
+    import torch
+
+    return weight is None or type(weight) in (torch.Tensor, torch.nn.Parameter)
+
+
 def verify(
-    path: str, base: str | None = None, *, seq_len: int = 32, new_tokens: int = 12, seed: int = 0
+    path: str,
+    base: str | None = None,
+    *,
+    quantize: str | None = None,
+    seq_len: int = 32,
+    new_tokens: int = 12,
+    seed: int = 0,
 ) -> list[Check]:
+    """The checks above. With `quantize`, the model and the oracle are quantized the same way and
+    their logits must agree within `QUANTIZED_LOGITS_TOLERANCE`."""
     import torch
 
     model_dir = resolve_model_dir(path)
@@ -159,24 +230,25 @@ def verify(
     if not checks[0].passed:
         return checks  # loading would fail on the missing tensor; the key check already says which
 
-    model = load(model_dir, dtype=torch.float32)
-    stored = sum(entry.numel for entry in read_checkpoint(model_dir).values())
-    held = sum(p.numel() for p in model.parameters())
-    checks.append(
-        Check("params", f"loaded model holds {held:,} parameters, checkpoint stores {stored:,}", held == stored)
-    )
+    model = load(model_dir, dtype=torch.float32, quantize=quantize)
+    checks.append(check_params(model, model_dir))
 
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(model.config.vocab_size, (2, seq_len), generator=generator)
+    input_ids = input_ids.to(model.get_input_embeddings().weight.device)
     with torch.no_grad():
         logits = model(input_ids).logits
+        if not bool(torch.isfinite(logits).all()):
+            checks.append(Check("logits", overflow_message(model), False))
+            return checks
         if base_dir is not None:
-            oracle = _oracle(base_dir, Plan.from_config(model.config.to_dict()))
+            oracle = _oracle(base_dir, Plan.from_config(model.config.to_dict()), quantize)
             delta = (logits - oracle(input_ids).logits).abs().max().item()
-            detail = f"max |Δlogits| vs oracle (base with pruned output projections zeroed, fp32): {delta:.2e}"
-            checks.append(Check("logits", f"{detail} (<= {LOGITS_TOLERANCE:g})", delta <= LOGITS_TOLERANCE))
+            tolerance = QUANTIZED_LOGITS_TOLERANCE if quantize else LOGITS_TOLERANCE
+            how = f"fp32, both {quantize}" if quantize else "fp32"
+            detail = f"max |Δlogits| vs oracle (base with pruned output projections zeroed, {how}): {delta:.2e}"
+            checks.append(Check("logits", f"{detail} (<= {tolerance:g})", delta <= tolerance))
         else:
-            finite = bool(torch.isfinite(logits).all())
-            checks.append(Check("logits", f"finite: {finite} (pass --base to compare with the oracle)", finite))
+            checks.append(Check("logits", "finite (pass --base to compare with the oracle)", True))
         checks.append(check_cache(model, input_ids, new_tokens))
     return checks

@@ -3,8 +3,9 @@
 The module tree is exactly stock Qwen3's, so every tensor name and every tool that walks the model
 keeps working. A pruned block is skipped by a flag (`prune_self_attn`, `prune_mlp`) and the residual
 stream carries the signal past it, which is what a block with a zero output projection computes.
-Blocks pruned by the config's plan hold no parameters at all (each one is registered as None), so a
-model loaded from a slim checkpoint spends no memory on them. Flipping the flags on a model that holds
+Blocks pruned by the config's plan hold no parameters at all (each one is registered as None, and
+their Linears are `PrunedLinear` placeholders that quantizers pass by), so a model loaded from a slim
+checkpoint spends no memory on them. Flipping the flags on a model that holds
 every weight computes the pruned function without removing anything (scan and verify rely on that).
 
 KV cache: the surviving attention layers write compact cache slots 0..K-1. transformers reads the
@@ -46,10 +47,35 @@ class MissingTensorsError(ValueError):
     """The checkpoint lacks tensors that the pruning plan keeps."""
 
 
+class PrunedLinear(nn.Module):
+    """Stands where a pruned block's `nn.Linear` was: same name and features, no weight.
+
+    It is deliberately not an `nn.Linear`: quantizers (bitsandbytes, torchao, ... through
+    transformers' `quantization_config`) replace every `nn.Linear` they find with a quantized one whose
+    weight the checkpoint cannot fill, so transformers would initialise it at random and quantize it.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this Linear belongs to a pruned block: it has no weight and never runs")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, pruned"
+
+
 def _release_parameters(*modules: nn.Module) -> None:
     # Registering None keeps the attribute (and the module tree) but leaves it out of
     # parameters() and state_dict(), so nothing is allocated, loaded or reported missing.
     for module in modules:
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, PrunedLinear(child.in_features, child.out_features))
         for sub in module.modules():
             for name in list(sub._parameters):
                 sub.register_parameter(name, None)

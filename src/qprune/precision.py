@@ -1,0 +1,139 @@
+"""Precision safety for Qwen3: the right default dtype, a warning for float16, and overflow detection.
+
+    dtype = choose_dtype(None, "bfloat16", on_cuda=False)   # the checkpoint's; float32 without bf16
+    check_logits(logits, model)                              # raises NonFiniteLogitsError, with advice
+    print(find_overflow(model, input_ids))                   # the first layer whose hidden states overflow
+
+Qwen3 was trained in bfloat16. In float16 its activations overflow (max 65504) and the output turns
+to NaN or "!!!!". bfloat16 has float32's range; float32 is the fallback where bfloat16 is unsupported.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import QpruneError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("bfloat16", "float32", "float16")
+FLOAT16_ADVICE = "load it in bfloat16 (--dtype bfloat16), or float32 where bfloat16 is unsupported"
+
+
+class Float16Warning(UserWarning):
+    """float16 was asked for a model trained in bfloat16."""
+
+
+class NonFiniteLogitsError(QpruneError):
+    """The model produced inf or NaN logits."""
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """A dtype from its name; None (or "auto") means the checkpoint's."""
+    import torch
+
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise QpruneError(f"--dtype {name}: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def choose_dtype(requested: torch.dtype | str | None, checkpoint: str | None, on_cuda: bool) -> torch.dtype:
+    """The dtype to load in: the one requested, else the checkpoint's (float32 if it names none), with
+    bfloat16 replaced by float32 on a GPU without it. float16 warns."""
+    import torch
+
+    dtype = parse_dtype(requested) if isinstance(requested, str) or requested is None else requested
+    if dtype is None:
+        dtype = parse_dtype(checkpoint) if checkpoint in DTYPES else torch.float32
+        if dtype == torch.bfloat16 and on_cuda and not torch.cuda.is_bf16_supported():
+            dtype = torch.float32  # a pre-Ampere GPU: float16 would overflow, so float32
+    if dtype == torch.float16:
+        warnings.warn(
+            f"float16 asked for a Qwen3 model: Qwen3 was trained in bfloat16 and its activations overflow "
+            f"in float16 (NaN or '!!!!' output); {FLOAT16_ADVICE}",
+            Float16Warning,
+            stacklevel=3,
+        )
+    return dtype
+
+
+def check_logits(logits: torch.Tensor, model=None) -> None:
+    """Raise `NonFiniteLogitsError`, with advice, if the logits hold inf or NaN."""
+    import torch
+
+    if bool(torch.isfinite(logits).all()):
+        return
+    raise NonFiniteLogitsError(overflow_message(model))
+
+
+def overflow_message(model=None, suggest_check: bool = True) -> str:
+    import torch
+
+    dtype = None if model is None else model.get_input_embeddings().weight.dtype
+    message = "the model's logits hold inf or NaN"
+    if dtype == torch.float16:
+        message += f": Qwen3 overflows in float16; {FLOAT16_ADVICE}"
+    elif getattr(model, "qprune_quantized", None) == "int8":
+        message += (
+            " (bitsandbytes int8 casts activations to float16, where Qwen3 can overflow; try nf4 or torchao-int8)"
+        )
+    else:
+        message += f" in {str(dtype).removeprefix('torch.') if dtype else 'this dtype'}; try float32"
+    return message + (". --check-overflow names the first layer that overflows." if suggest_check else "")
+
+
+@dataclass
+class OverflowReport:
+    """Where the hidden states first stop being finite, and how large they get before that."""
+
+    dtype: str
+    first: str | None = None  # e.g. "layer 3 MLP"
+    largest: list[tuple[str, float]] = field(default_factory=list)  # (place, max |finite value|)
+
+    def __str__(self) -> str:
+        peak = max(self.largest, key=lambda item: item[1], default=None)
+        size = f"; largest |hidden state| {peak[1]:.3g} after {peak[0]}" if peak else ""
+        if self.first is None:
+            return f"overflow check ({self.dtype}): hidden states finite in every layer{size}"
+        return f"overflow check ({self.dtype}): hidden states first overflow (inf/NaN) at {self.first}{size}"
+
+
+def find_overflow(model, input_ids: torch.Tensor) -> OverflowReport:
+    """Run one forward pass with hooks after the embeddings, every attention and MLP block that runs,
+    and every layer; report the first place whose output is not finite."""
+    import torch
+
+    dtype = model.get_input_embeddings().weight.dtype
+    report = OverflowReport(str(dtype).removeprefix("torch."))
+
+    def watch(place: str):
+        def hook(_module, _inputs, output) -> None:
+            tensor = output[0] if isinstance(output, tuple) else output
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()) and report.first is None:
+                report.first = place
+            values = tensor.detach().abs().float()[finite]
+            report.largest.append((place, values.max().item() if values.numel() else float("nan")))
+
+        return hook
+
+    inner = model.model
+    hooks = [inner.embed_tokens.register_forward_hook(watch("the embeddings"))]
+    for i, layer in enumerate(inner.layers):
+        hooks.append(layer.self_attn.register_forward_hook(watch(f"layer {i} attention")))
+        hooks.append(layer.mlp.register_forward_hook(watch(f"layer {i} MLP")))
+        hooks.append(layer.register_forward_hook(watch(f"layer {i}")))
+    hooks.append(inner.norm.register_forward_hook(watch("the final norm")))
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids.to(inner.embed_tokens.weight.device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    report.largest = [(place, value) for place, value in report.largest if value == value]  # drop NaN
+    return report
