@@ -20,7 +20,6 @@ Random-weight models stand in for real ones of the same shape: speed does not de
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import statistics
 import sys
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from .cost import Shape, ideal_speedups, kv_bytes, shape_named
 from .errors import QpruneError
+from .loading import return_freed_memory
 from .plan import Plan
 from .quantization import mode_named, parameter_bytes
 from .quantization import quantize as quantize_model
@@ -262,8 +262,8 @@ def _peak_extra_bytes(device: str, run) -> int | None:
         return torch.cuda.max_memory_allocated() - before
     if not sys.platform.startswith("linux"):
         return None
+    return_freed_memory()  # so that the next run's growth shows
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so the next run's growth shows
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
     except OSError:
         return None

@@ -11,7 +11,10 @@ earlier window scored, so every token but the first is scored exactly once, with
 exact token counts (no mean-of-means). The default text is the held-out sample shipped with qprune,
 which calibration never sees.
 
-Models are loaded one at a time (the pruned model, then the base), so eval needs memory for one.
+Models are loaded one at a time (the pruned model, then the base), so eval needs memory for one,
+in the checkpoint's dtype unless told otherwise, and quantized with `quantize=` (both models). The
+report gives each model's parameter bytes. Non-finite logits stop the run with advice
+(`precision.overflow_message`); `check_overflow=True` first traces the hidden states of one window.
 """
 
 from __future__ import annotations
