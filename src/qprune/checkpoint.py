@@ -1,13 +1,13 @@
-"""Streaming safetensors I/O and atomic output directories.
+"""Streaming safetensors I/O: validated headers in, byte-copied shards out.
 
 Pruning never builds the model and never decodes a tensor: it reads the safetensors headers of the
 source shards (`read_checkpoint`), then copies the bytes of the kept tensors straight into new
 shards (`write_shards`), a bounded chunk at a time. Memory stays flat whatever the model's size,
 the dtype is preserved bit for bit, and torch is never imported.
 
-`atomic_output(out, force)` gives a temporary directory beside OUT and moves it into place only when
-everything has been written, so a failure leaves nothing half-written and an existing OUT is never
-replaced without `force`.
+Every header and shard index is checked before anything is used (`read_header`, `_read_index`): a
+damaged file is a `QpruneError` naming the file and the problem, never a traceback or an output that
+cannot be loaded. Where the output goes is `output.py`'s business.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import struct
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +47,44 @@ class TensorEntry:
         return math.prod(self.shape)
 
 
+# safetensors dtypes and the bytes one element takes (sub-byte formats are not Qwen3 weights).
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
+def _is_int_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+
+
+def _entry(path: Path, name: str, info: object, base: int) -> TensorEntry:
+    """One header entry, checked: a known dtype, a shape, and offsets whose span is the shape's size."""
+    where = f"{path} has a damaged safetensors header: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise QpruneError(f"{where} is not described by an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        raise QpruneError(f"{where} has an unknown dtype {dtype!r}")
+    if not _is_int_list(shape) or any(dim < 0 for dim in shape):
+        raise QpruneError(f"{where} has an invalid shape {shape!r}")
+    if not _is_int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
+        raise QpruneError(f"{where} has invalid data_offsets {offsets!r} (two integers, begin <= end)")
+    begin, end = offsets
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    if end - begin != expected:
+        raise QpruneError(
+            f"{where}: shape {shape} in {dtype} is {expected} bytes, but its data_offsets span {end - begin}"
+        )
+    return TensorEntry(name, path, dtype, tuple(shape), base + begin, base + end)
+
+
 def read_header(path: Path) -> list[TensorEntry]:
-    """The tensors of one safetensors file, checked against the file's size (catches truncation)."""
+    """The tensors of one safetensors file, in file order, checked as strictly as safetensors itself
+    checks them: known dtypes, sizes that match the shapes, data that tiles the file without gaps or
+    overlaps (which also catches truncation)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -63,32 +95,48 @@ def read_header(path: Path) -> list[TensorEntry]:
             header = json.loads(f.read(header_len))
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise QpruneError(f"cannot read safetensors header of {path}: {error}") from None
+    if not isinstance(header, dict):
+        raise QpruneError(f"{path} has a damaged safetensors header (not a JSON object)")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise QpruneError(f"{path} has a damaged safetensors header (__metadata__ is not an object)")
     base = 8 + header_len
-    entries, data_end = [], 0
+    entries = sorted(
+        (_entry(path, name, info, base) for name, info in header.items() if name != "__metadata__"),
+        key=lambda e: (e.start, e.end),
+    )
+    position = base
+    for entry in entries:
+        if entry.start != position:
+            problem = "overlaps the tensor before it" if entry.start < position else "leaves a gap before it"
+            raise QpruneError(f"{path} has a damaged safetensors header: tensor {entry.name!r} {problem}")
+        position = entry.end
+    if position != size:
+        raise QpruneError(f"{path} is truncated or damaged: its header describes {position} bytes, the file has {size}")
+    return entries
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The weight map of a shard index: tensor name -> shard file name in the same directory."""
     try:
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            begin, end = info["data_offsets"]
-            entries.append(TensorEntry(name, path, info["dtype"], tuple(info["shape"]), base + begin, base + end))
-            data_end = max(data_end, end)
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise QpruneError(f"{path} has a damaged safetensors header") from None
-    if base + data_end != size:
-        raise QpruneError(
-            f"{path} is truncated or damaged: its header describes {base + data_end} bytes, the file has {size}"
-        )
-    return sorted(entries, key=lambda e: e.start)
+        data = json.loads(index.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise QpruneError(f"{index} is not a valid safetensors index: {error}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise QpruneError(f"{index} is not a valid safetensors index: it has no weight_map object")
+    if not weight_map:
+        raise QpruneError(f"{index} lists no tensors (its weight_map is empty)")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or file in ("", ".", "..") or Path(file).name != file:
+            raise QpruneError(f"{index} maps {name!r} to {file!r}, which is not a file name in the model directory")
+    return weight_map
 
 
 def read_checkpoint(model_dir: Path) -> dict[str, TensorEntry]:
     """Every tensor of a checkpoint directory, by name, in file order. Reads safetensors only."""
     index, single = model_dir / SAFE_INDEX, model_dir / SAFE_WEIGHTS
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as error:
-            raise QpruneError(f"{index} is not a valid safetensors index: {error}") from None
+        weight_map = _read_index(index)
         files = list(dict.fromkeys(weight_map.values()))
     elif single.exists():
         weight_map, files = None, [SAFE_WEIGHTS]
@@ -103,10 +151,15 @@ def read_checkpoint(model_dir: Path) -> dict[str, TensorEntry]:
     tensors: dict[str, TensorEntry] = {}
     for file in files:
         path = model_dir / file
-        if not path.exists():
+        if not path.is_file():
             raise QpruneError(f"shard {file} named in {SAFE_INDEX} is missing from {model_dir}")
         for entry in read_header(path):
+            if entry.name in tensors:
+                first = tensors[entry.name].file.name
+                raise QpruneError(f"{model_dir}: tensor {entry.name!r} is stored twice ({first}, {file})")
             tensors[entry.name] = entry
+    if not tensors:
+        raise QpruneError(f"{model_dir} holds no tensors")
     if weight_map is not None:
         missing = [
             name
@@ -189,34 +242,3 @@ def write_shards(entries: list[TensorEntry], out_dir: Path, max_shard_size: int)
         weight_map.update({entry.name: name for entry in group})
     index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
     (out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def check_output(out: Path, force: bool) -> None:
-    """Refuse an existing, non-empty OUT unless forced (checked before any work is done)."""
-    if out.exists() and not force:
-        if not out.is_dir():
-            raise QpruneError(f"output {out} exists and is a file; pass --force to replace it")
-        if any(out.iterdir()):
-            raise QpruneError(f"output {out} exists and is not empty; pass --force to replace it")
-
-
-@contextmanager
-def atomic_output(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary directory that replaces OUT once the block has completed without error."""
-    check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would surprise whoever shares the checkpoint
-    try:
-        yield tmp
-        if out.exists() or out.is_symlink():
-            old = tmp.with_suffix(".old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -32,14 +32,16 @@ def user_errors() -> Iterator[None]:
         yield
     except QpruneError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 
 def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in _UNITS:
+    known = match is not None and match.group(2).upper() in _UNITS
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()]) if known else 0
+    if size <= 0:
         raise QpruneError(f"--max-shard-size: {text!r} is not a size like 500MB or 5GB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    return size
 
 
 def read_plan(attn: Optional[str], mlp: Optional[str], plan_file: Optional[Path]):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import QpruneError
-from .source import read_qwen3_config, resolve_model_dir
+from .source import open_checkpoint, read_qwen3_config
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,11 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     register()
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as error:  # a damaged or missing tokenizer file: tokenizers and transformers raise many types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise QpruneError(f"cannot load the tokenizer of {path}: {reason}") from None
 
 
 def load_config(path: str | Path):
@@ -75,12 +79,13 @@ def load(
     from .precision import choose_dtype
 
     register()
-    model_dir = resolve_model_dir(str(path))
+    checkpoint = open_checkpoint(path)  # config, headers and tensors checked before transformers reads them
+    model_dir = checkpoint.dir
     config = load_config(model_dir)
     if quantize is not None and device_map is None and torch.cuda.is_available():
         device_map = "auto"
     on_cuda = device_map is not None and torch.cuda.is_available() and device_map != "cpu"
-    raw = read_qwen3_config(model_dir)
+    raw = checkpoint.config
     dtype = choose_dtype(dtype, raw.get("dtype") or raw.get("torch_dtype"), on_cuda)
     if quantize is not None:
         kwargs["quantization_config"] = quantization_config(quantize, config, dtype, on_cuda=on_cuda)

@@ -24,6 +24,9 @@ from .errors import QpruneError
 # imports because it is copied into checkpoints; tests/test_plan.py checks that the two agree.
 _LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|input_layernorm|mlp|post_attention_layernorm)\.")
 _ATTN_SUBMODULES = ("self_attn", "input_layernorm")
+# No Qwen3 comes near this; a range is checked against it before it is expanded (`0-100000000000`
+# would otherwise take gigabytes), and against the model's own depth by `Plan.validate`.
+MAX_LAYERS = 10_000
 
 
 def tensor_block(name: str) -> tuple[int, str] | None:
@@ -48,6 +51,8 @@ def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
             raise QpruneError(f"{option}: layer {min(first, last)} is negative")
         if last < first:
             raise QpruneError(f"{option}: the range {item!r} runs backwards")
+        if last >= MAX_LAYERS:
+            raise QpruneError(f"{option}: layer {last} is out of range")
         layers.extend(range(first, last + 1))
     return tuple(layers)
 

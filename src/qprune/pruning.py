@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import report
-from .checkpoint import TensorEntry, atomic_output, check_output, read_checkpoint, write_shards
+from .checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from .errors import QpruneError
+from .output import atomic_output, check_output
 from .plan import Plan
-from .source import read_qwen3_config, resolve_model_dir
+from .source import open_checkpoint
 
 MODELING_DIR = Path(__file__).parent / "modeling"
 MODELING_FILES = ("configuration_pruned_qwen3.py", "modeling_pruned_qwen3.py")
@@ -30,12 +31,18 @@ AUTO_MAP = {
     "AutoConfig": "configuration_pruned_qwen3.PrunedQwen3Config",
     "AutoModelForCausalLM": "modeling_pruned_qwen3.PrunedQwen3ForCausalLM",
 }
-# Files of the source that the output must not inherit: weights (rewritten), config and card
-# (rewritten), code (ours is written), and anything pickled.
-_NOT_COPIED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".py", ".pkl"}
-_NOT_COPIED_NAMES = {"config.json", "README.md", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 SEARCH_REPORT = "qprune_search.json"
+# What the output takes from the source besides the weights: the tokenizer, chat template, generation
+# config and licence. Nothing else belongs in a model directory (pickles, .gguf, .npy, other code):
+# such files are left out and named. Weights, config.json and the card are written anew.
+_INHERITED_NAMES = {
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+    "LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "NOTICE.txt", "USE_POLICY.md",
+}  # fmt: skip
+_INHERITED_SUFFIXES = {".tiktoken"}
+_REWRITTEN = {"config.json", "README.md", SAFE_INDEX, SAFE_WEIGHTS, *MODELING_FILES, SEARCH_REPORT}
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class PruneResult:
     params_after: int
     bytes_before: int
     bytes_after: int
+    left_out: tuple[str, ...] = ()  # files of the source that do not belong in a model directory
 
     def summary(self) -> str:
         return report.summary(self)
@@ -69,14 +77,17 @@ def pruned_config(config: dict, plan: Plan, base_model: str) -> dict:
     return dict(sorted(out.items()))
 
 
-def _inherited(path: Path) -> bool:
-    """Tokenizer, chat template, generation config, licence: what the output takes from the source."""
-    return (
-        path.is_file()
-        and not path.name.startswith(".")
-        and path.suffix not in _NOT_COPIED_SUFFIXES
-        and path.name not in _NOT_COPIED_NAMES
-    )
+def _inherited_files(src_dir: Path, shards: list[Path]) -> tuple[list[Path], list[str]]:
+    """The source's files the output copies, and the names of those it leaves out."""
+    copied, left_out = [], []
+    for path in sorted(src_dir.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.name in _REWRITTEN or path in shards:
+            continue
+        if path.name in _INHERITED_NAMES or path.suffix in _INHERITED_SUFFIXES:
+            copied.append(path)
+        else:
+            left_out.append(path.name)
+    return copied, left_out
 
 
 def _count(entries: list[TensorEntry]) -> tuple[int, int]:
@@ -96,35 +107,36 @@ def prune(
     `search` (a `SearchResult.to_dict()` with the data it ran on) says how the plan was chosen: it is
     written to `qprune_search.json` and summarised in the model card."""
     out = Path(out).absolute()
-    check_output(out, force)  # before any download or read
     if max_shard_size <= 0:
-        raise QpruneError("--max-shard-size must be positive")
-    src_dir = resolve_model_dir(source)
-    if src_dir.resolve() == out.resolve():
-        raise QpruneError("the output directory is the source; choose another OUT")
-    config = read_qwen3_config(src_dir)
+        raise QpruneError(f"max_shard_size must be positive, not {max_shard_size}")
+    check_output(out, force, sources=[source])  # before any download or read
+    source_checkpoint = open_checkpoint(source)
+    src_dir, config = source_checkpoint.dir, source_checkpoint.config
     num_layers = config["num_hidden_layers"]
     plan.validate(num_layers)
     if plan.num_blocks == 0:
         raise QpruneError("the plan prunes no blocks: give --attn, --mlp or --plan")
     if plan.attn and config.get("use_sliding_window"):
         raise QpruneError("pruning attention blocks of a sliding-window Qwen3 is not supported")
-    total = Plan.from_config(config).union(plan)
-    tensors = list(read_checkpoint(src_dir).values())
+    total = source_checkpoint.plan.union(plan)
+    tensors = list(source_checkpoint.tensors.values())
     kept = [entry for entry in tensors if not total.prunes(entry.name)]
+    shards = source_checkpoint.files
+    inherited, left_out = _inherited_files(src_dir, shards)
 
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)
-    result = PruneResult(out, source, total, plan, num_layers, params_before, params_after, bytes_before, bytes_after)
+    result = PruneResult(
+        out, source, total, plan, num_layers, params_before, params_after, bytes_before, bytes_after, tuple(left_out)
+    )
     base_model = config.get("qprune_base_model", source)
-    with atomic_output(out, force) as tmp:
+    with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(pruned_config(config, total, base_model), indent=2) + "\n")
         for name in MODELING_FILES:
             shutil.copyfile(MODELING_DIR / name, tmp / name)
-        for path in sorted(src_dir.iterdir()):
-            if _inherited(path):
-                shutil.copyfile(path, tmp / path.name)
+        for path in inherited:
+            shutil.copyfile(path, tmp / path.name)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search, indent=2) + "\n")
         (tmp / "README.md").write_text(report.model_card(result, base_model, search))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .checkpoint import read_checkpoint
-from .plan import Plan
-from .source import read_qwen3_config, resolve_model_dir
+from .source import open_checkpoint
 
 if TYPE_CHECKING:
     from .pruning import PruneResult
@@ -35,6 +33,7 @@ def summary(result: PruneResult) -> str:
             f"bytes:      {human_bytes(result.bytes_before)} -> {human_bytes(result.bytes_after)} "
             f"({_change(result.bytes_before, result.bytes_after)})",
         ]
+        + ([f"left out (not part of a model directory): {', '.join(result.left_out)}"] if result.left_out else [])
     )
 
 
@@ -120,12 +119,10 @@ def model_card(result: PruneResult, base_model: str, search: dict | None = None)
 
 def describe(path: str) -> dict:
     """A checkpoint's plan and sizes, as `qprune info --json` prints them."""
-    model_dir = resolve_model_dir(path)
-    config = read_qwen3_config(model_dir)
-    plan = Plan.from_config(config)
-    tensors = read_checkpoint(model_dir).values()
+    checkpoint = open_checkpoint(path)
+    config, plan, tensors = checkpoint.config, checkpoint.plan, checkpoint.tensors.values()
     return {
-        "path": str(model_dir),
+        "path": str(checkpoint.dir),
         "model_type": config["model_type"],
         "base_model": config.get("qprune_base_model"),
         "num_layers": config["num_hidden_layers"],

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from .ablation import KINDS, Block, BlockRunner, TokenStats, all_blocks, micro_batches, token_stats
-from .checkpoint import atomic_output, check_output
 from .data import DataSpec
+from .output import atomic_output, check_output
 
 # Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
 METRICS = {
@@ -257,7 +257,7 @@ def run_scan(
     from .generate import load_for_measurement
 
     if out is not None:
-        check_output(Path(out), force)
+        check_output(Path(out), force, sources=[source])
     start = time.perf_counter()
     model, batch = load_for_measurement(source, spec, dtype)
     loaded = time.perf_counter()
@@ -274,7 +274,7 @@ def run_scan(
     }
     heatmap = False
     if out is not None:
-        with atomic_output(Path(out), force) as tmp:
+        with atomic_output(Path(out), force, sources=[source]) as tmp:
             (tmp / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
             heatmap = write_heatmap(result, tmp / "scan.png", Path(source.rstrip("/")).name)
     return ScanReport(result, report, Path(out) if out is not None else None, heatmap)

@@ -293,11 +293,11 @@ def auto_prune(
     from pathlib import Path
 
     from .ablation import progress_bar
-    from .checkpoint import check_output
     from .generate import load_for_measurement
+    from .output import check_output
     from .pruning import DEFAULT_MAX_SHARD_SIZE, prune
 
-    check_output(Path(out).absolute(), force)  # before minutes of search
+    check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
     if method not in METHODS:
         raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
     if constraints.only not in (None, "attn", "mlp"):

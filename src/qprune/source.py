@@ -1,18 +1,24 @@
 """Finding a model to work on: a local directory or a Hugging Face Hub id, and its Qwen3 config.
 
     model_dir = resolve_model_dir("Qwen/Qwen3-0.6B")   # downloads safetensors, config, tokenizer
-    config = read_qwen3_config(model_dir)              # raises unless it is a (pruned) Qwen3
+    config = read_qwen3_config(model_dir)              # raises unless it is a valid (pruned) Qwen3 config
+    checkpoint = open_checkpoint("Qwen/Qwen3-0.6B")    # both, plus every header and tensor checked
 
-Only safetensors are ever downloaded or read; offline use gets an error that says what to do.
+Only safetensors are ever downloaded or read; offline use gets an error that says what to do. Every
+check raises a `QpruneError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import TensorEntry, read_checkpoint
 from .errors import QpruneError
+from .layout import check_complete
+from .plan import Plan
 
 QWEN3_TYPES = ("qwen3", "pruned_qwen3")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -43,20 +49,89 @@ def resolve_model_dir(source: str) -> Path:
 
 def read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise QpruneError(f"{model_dir} is not a model directory: it has no config.json")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
         raise QpruneError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise QpruneError(f"{path} is not a JSON object")
+    return config
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The fields qprune reads, and what each must be when present.
+_POSITIVE_INTS = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
+_OPTIONAL_POSITIVE_INTS = ("num_key_value_heads", "head_dim")
+_BOOLS = ("tie_word_embeddings", "use_sliding_window", "attention_bias")
+_STRINGS = ("qprune_base_model", "dtype", "torch_dtype")
+PLAN_FIELDS = ("pruned_attn_layers", "pruned_mlp_layers")
+
+
+def check_qwen3_config(config: dict, path: Path) -> None:
+    """Types and ranges of every config.json field qprune reads; the error names the field."""
+    if not _is_int(config.get("num_hidden_layers")) or config["num_hidden_layers"] < 1:
+        raise QpruneError(f"{path} has no valid num_hidden_layers (a positive integer)")
+    for name in _POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
+        given = name in config if name in _POSITIVE_INTS else config.get(name) is not None  # the others may be null
+        if given and not (_is_int(config[name]) and config[name] > 0):
+            raise QpruneError(f"{path}: {name} must be a positive integer, not {config[name]!r}")
+    for names, kind, test in ((_BOOLS, "true or false", bool), (_STRINGS, "a string", str)):
+        for name in names:
+            if config.get(name) is not None and not isinstance(config[name], test):
+                raise QpruneError(f"{path}: {name} must be {kind}, not {config[name]!r}")
+    num_layers = config["num_hidden_layers"]
+    for name in PLAN_FIELDS:
+        layers = config.get(name, [])
+        valid = (
+            isinstance(layers, list)
+            and all(_is_int(i) and 0 <= i < num_layers for i in layers)
+            and layers == sorted(set(layers))
+        )
+        if not valid:
+            raise QpruneError(
+                f"{path}: {name} must be a sorted list of distinct layer numbers in 0..{num_layers - 1}, not {layers!r}"
+            )
 
 
 def read_qwen3_config(model_dir: Path) -> dict:
-    """config.json of a Qwen3 or qprune checkpoint; anything else is refused with what it is."""
+    """config.json of a Qwen3 or qprune checkpoint, validated; anything else is refused with what it is."""
     config = read_config(model_dir)
     model_type = config.get("model_type")
     if model_type not in QWEN3_TYPES:
-        raise QpruneError(f"{model_dir} holds a {model_type or 'model of unknown type'} model, not a Qwen3")
-    if not isinstance(config.get("num_hidden_layers"), int) or config["num_hidden_layers"] < 1:
-        raise QpruneError(f"{model_dir}/config.json has no valid num_hidden_layers")
+        kind = model_type if isinstance(model_type, str) and model_type else "model of unknown type"
+        raise QpruneError(f"{model_dir} holds a {kind} model, not a Qwen3")
+    check_qwen3_config(config, model_dir / "config.json")
     return config
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory whose config, safetensors headers and tensor set have been checked."""
+
+    dir: Path
+    config: dict
+    tensors: dict[str, TensorEntry]
+
+    @property
+    def plan(self) -> Plan:
+        return Plan.from_config(self.config)
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({entry.file for entry in self.tensors.values()})
+
+
+def open_checkpoint(source: str | Path) -> Checkpoint:
+    """Resolve `source` (a directory or hub id) and check everything qprune will read from it, before
+    anything is written: config.json, the shard index, every safetensors header, and that the tensors
+    the checkpoint's plan keeps are all there with the shapes its config implies."""
+    model_dir = resolve_model_dir(str(source))
+    config = read_qwen3_config(model_dir)
+    tensors = read_checkpoint(model_dir)
+    check_complete(config, tensors, Plan.from_config(config), model_dir)
+    return Checkpoint(model_dir, config, tensors)
