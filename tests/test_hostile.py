@@ -502,3 +502,10 @@ def test_only_model_files_are_copied(tmp_path, src):
 def test_numbers_are_checked_before_use(tmp_path, src, args, message):
     assert_one_line_error(cli("prune", src, tmp_path / "out", *args), message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("case", ["unknown dtype", "shard name null", "config is a list", "plan unsorted"])
+def test_verify_refuses_a_damaged_checkpoint(src, case):
+    damage, message = DAMAGED[case]
+    damage(src)
+    assert_one_line_error(cli("verify", src), message)
