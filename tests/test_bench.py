@@ -15,6 +15,7 @@ from qprune.cli import app
 from qprune.cost import QWEN3_SHAPES, IdealSpeedups, Shape, ideal_speedups, kv_bytes, parameter_count
 from qprune.loading import load
 from qprune.plan import Plan
+from qprune.precision import auto_dtype
 from qprune.pruning import prune
 
 runner = CliRunner()
@@ -86,7 +87,8 @@ def test_bench_checkpoints_json(untied_base, tmp_path):
     assert [row["batch"] for row in report["batches"]] == [1, 3] and report["batch"] == 1
     assert report["pruned_plan"] == {"attn": [1], "mlp": [2, 3]} and report["dense_plan"] == {"attn": [], "mlp": []}
     dense, pruned = report["dense"], report["pruned"]
-    assert dense["param_bytes"] == sum(p.numel() * 4 for p in load(untied_base).parameters()) // 2  # bf16
+    itemsize = auto_dtype()[0].itemsize  # bench's default dtype, auto: float32 on a CPU without native bf16
+    assert dense["param_bytes"] == sum(p.numel() for p in load(untied_base).parameters()) * itemsize
     assert pruned["param_bytes"] < dense["param_bytes"]
     assert pruned["kv_bytes"] * 4 == dense["kv_bytes"] * 3
     assert report["ideal_decode_speedup"] == pytest.approx(

@@ -27,15 +27,6 @@ def test_default_block_count():
     assert [default_block_count(n) for n in (1, 4, 6, 28)] == [1, 1, 2, 9]
 
 
-def test_demo_on_embedded_model(tmp_path):
-    assert (EMBEDDED_MODEL / "model.safetensors").exists()
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert "verification: PASS" in result.output and "greedy search by nll" in result.output
-    assert result.output.count("pruned: ") == 3 and result.output.count("dense: ") == 3
-    assert (tmp_path / "demo" / "config.json").exists()
-
-
 def test_generate(tmp_path):
     result = runner.invoke(app, ["generate", str(EMBEDDED_MODEL), "--prompt", "The list type", "--max-new-tokens", "5"])
     assert result.exit_code == 0, result.output

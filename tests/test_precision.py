@@ -92,7 +92,7 @@ def test_cli_generate_in_float16_warns_names_the_layer_and_fails(overflowing):
     assert result.exit_code == 2
     assert "hidden states first overflow (inf/NaN) at layer 2 MLP" in result.output
     assert "error: the model's logits hold inf or NaN: Qwen3 overflows in float16" in result.output
-    fine = CliRunner().invoke(app, [*args, "--check-overflow"])  # the checkpoint's bfloat16
+    fine = CliRunner().invoke(app, [*args, "--check-overflow", "--dtype", "bfloat16"])
     assert fine.exit_code == 0, fine.output
     assert "overflow check (bfloat16): hidden states finite in every layer" in fine.output
 

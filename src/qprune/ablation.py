@@ -234,14 +234,18 @@ class BlockRunner:
     ) -> dict[Block, TokenStats]:
         """Stats of the model with each candidate removed in addition to `self.removed`."""
         totals = {block: TokenStats() for block in candidates}
-        for path in (
-            progress(self.paths, f"{description} ({len(candidates)} per micro-batch)") if progress else self.paths
-        ):
-            reference = reference_logprobs(self.model, path.reference) if self.kl else None
-            for block in candidates:
-                with skipping(self.model, self.removed | {block}):
-                    normed = self._run_from(path, block)
-                totals[block] += token_stats(self.model, normed, path.input_ids, reference)
+        # One progress step per (micro-batch, candidate), so long steps report candidates done.
+        work = [(path, block) for path in self.paths for block in candidates]
+        if progress:
+            work = progress(work, f"{description} ({len(candidates)} candidates x {len(self.paths)} micro-batches)")
+        current, reference = None, None
+        for path, block in work:
+            if path is not current:
+                current = path
+                reference = reference_logprobs(self.model, path.reference) if self.kl else None
+            with skipping(self.model, self.removed | {block}):
+                normed = self._run_from(path, block)
+            totals[block] += token_stats(self.model, normed, path.input_ids, reference)
         return totals
 
     @torch.inference_mode()
@@ -305,13 +309,3 @@ class FullForwardRunner:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def progress_bar(enabled: bool = True):
-    """A `progress(iterable, description)` callable for the runner: tqdm bars on stderr, or none."""
-    from tqdm.auto import tqdm
-
-    def wrap(iterable, description: str):
-        return tqdm(iterable, desc=description, leave=False, disable=not enabled)
-
-    return wrap

@@ -34,6 +34,8 @@ from .cost import Shape, ideal_speedups, kv_bytes, shape_named
 from .errors import QpruneError
 from .loading import return_freed_memory
 from .plan import Plan
+from .precision import resolve_auto
+from .progress import Progress, as_progress
 from .quantization import mode_named, parameter_bytes
 from .quantization import quantize as quantize_model
 
@@ -279,10 +281,9 @@ def _status_bytes(key: str) -> int:
     raise QpruneError(f"/proc/self/status has no {key}")
 
 
-def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool = True) -> list[dict]:
+def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool | Progress = True) -> list[dict]:
     """Figures for each batch size; see the module docstring for what is timed."""
     import torch
-    from tqdm.auto import tqdm
 
     models = {"dense": _Runner(dense), "pruned": _Runner(pruned)}
     clock = _Clock(device)
@@ -290,8 +291,9 @@ def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool 
     vocab = dense.config.vocab_size
     rows = []
     total = len(settings.batches) * (settings.warmup + settings.repeats + 1)
-    bar = tqdm(total=total, desc="bench", unit="round", leave=False, disable=not progress)
-    with torch.inference_mode(), bar:
+    rounds = iter(as_progress(progress)(range(total), "bench rounds"))
+    next(rounds, None)  # started; each next() below counts one finished round
+    with torch.inference_mode():
         for batch in settings.batches:
             prompt = torch.randint(vocab, (batch, settings.prompt_len), generator=generator).to(device)
             figures = {name: ModelFigures(parameter_bytes(runner.model)) for name, runner in models.items()}
@@ -306,7 +308,7 @@ def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool 
                     if repeat >= settings.warmup:
                         figures[name].prefill_seconds.append(prefill_s)
                         figures[name].decode_seconds.append(decode_s)
-                bar.update()
+                next(rounds, None)
             for name, runner in models.items():
 
                 def run(runner=runner, prompt=prompt) -> None:
@@ -315,7 +317,7 @@ def measure(dense, pruned, settings: BenchSettings, device: str, progress: bool 
 
                 extra = _peak_extra_bytes(device, run)
                 figures[name].peak_bytes = None if extra is None else figures[name].param_bytes + extra
-            bar.update()
+            next(rounds, None)
             rows.append(_batch_row(batch, figures, settings))
     return rows
 
@@ -347,20 +349,22 @@ def run_bench(
     shape: str | None = None,
     plan: Plan | None = None,
     settings: BenchSettings = BenchSettings(),
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     device: str | None = None,
-    progress: bool = True,
+    progress: bool | Progress = True,
     quantize: str | None = None,
 ) -> BenchReport:
     """Benchmark a pruned checkpoint against `base`, or a random model of a Qwen3 `shape` under `plan`."""
     import torch
 
     settings.validate()
-    if dtype not in ("bfloat16", "float32", "float16"):
-        raise QpruneError(f"--dtype {dtype}: use bfloat16, float32 or float16")
+    if dtype not in ("auto", "bfloat16", "float32", "float16"):
+        raise QpruneError(f"--dtype {dtype}: use auto, bfloat16, float32 or float16")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QpruneError(f"--device {device}: no CUDA device is available")
+    progress = as_progress(progress)
+    dtype = resolve_auto(dtype, progress.note, on_cuda=device.startswith("cuda"))
     if quantize is not None:
         mode_named(quantize, on_cuda=device.startswith("cuda"))
     if shape is not None:

@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: no "<bool>" shown after flags
 )
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -66,8 +67,15 @@ TEXT_FIELD = typer.Option("text", "--text-field", help="Field (jsonl) or column 
 SAMPLES = typer.Option(32, "--samples", help="Number of sequences drawn from the data.")
 SEQ_LEN = typer.Option(512, "--seq-len", help="Tokens per sequence.")
 SEED = typer.Option(0, "--seed", help="Seed for drawing the sequences.")
-DTYPE = typer.Option("bfloat16", "--dtype", help="Weights' dtype while measuring: bfloat16 or float32.")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr.")
+DTYPE = typer.Option(
+    "auto",
+    "--dtype",
+    help="Weights' dtype while measuring: auto (bfloat16 where the hardware computes it natively, else float32), "
+    "bfloat16 or float32.",
+)
+QUIET = typer.Option(
+    False, "--quiet", "-q", "--no-progress", help="No progress or status lines on stderr (results still print)."
+)
 # Loading for inference: generate, eval, bench, verify.
 QUANTIZE = typer.Option(
     None,
@@ -76,15 +84,30 @@ QUANTIZE = typer.Option(
     "Pruned blocks are never quantized. Needs: pip install 'qprune[quant]'.",
 )
 LOAD_DTYPE = typer.Option(
-    None, "--dtype", help="bfloat16, float32 or float16 (default: the checkpoint's; Qwen3 overflows in float16)."
+    "auto",
+    "--dtype",
+    help="auto (bfloat16 where the hardware computes it natively, else float32), bfloat16, float32 or float16 "
+    "(Qwen3 overflows in float16).",
 )
 CHECK_OVERFLOW = typer.Option(
     False, "--check-overflow", help="Trace the hidden states and name the first layer where they overflow."
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"qprune {version('qprune')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup() -> None:
+def _setup(
+    _version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
     """Prune whole attention and MLP blocks out of Qwen3 models."""
     import warnings
 
@@ -93,6 +116,16 @@ def _setup() -> None:
     quiet_library_logs()
     # Warnings (float16 on Qwen3) read as one line, like errors.
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
+
+
+def reporter(quiet: bool):
+    """The progress of a command that loads models: on stderr unless --quiet, and without
+    transformers' own loading bars except on a terminal."""
+    from .progress import Progress, quiet_library_bars
+
+    progress = Progress(enabled=not quiet)
+    quiet_library_bars(progress)
+    return progress
 
 
 def data_spec(data: Optional[str], text_field: str, samples: int, seq_len: int, seed: int):
@@ -130,7 +163,7 @@ def prune(
     dtype: str = DTYPE,
     max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
     force: bool = FORCE,
-    progress: bool = PROGRESS,
+    quiet: bool = QUIET,
 ) -> None:
     """Write a slim checkpoint without the pruned blocks' tensors (streams shard by shard).
 
@@ -151,6 +184,7 @@ def prune(
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
         from .search import Constraints, Target, auto_prune
 
+        progress = reporter(quiet)
         result, found = auto_prune(
             src,
             out,
@@ -180,15 +214,15 @@ def scan(
     dtype: str = DTYPE,
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
     force: bool = FORCE,
-    progress: bool = PROGRESS,
+    quiet: bool = QUIET,
 ) -> None:
     """Score every attention and MLP block: one-pass cosine/update norm, and NLL rise / KL when removed."""
     with user_errors():
         from .scan import run_scan
 
-        done = run_scan(
-            model, data_spec(data, text_field, samples, seq_len, seed), out, dtype=dtype, force=force, progress=progress
-        )
+        progress = reporter(quiet)
+        spec = data_spec(data, text_field, samples, seq_len, seed)
+        done = run_scan(model, spec, out, dtype=dtype, force=force, progress=progress)
     if as_json:
         typer.echo(json.dumps(done.report, indent=2))
         return
@@ -220,13 +254,14 @@ def evaluate(
     quantize: Optional[str] = QUANTIZE,
     check_overflow: bool = CHECK_OVERFLOW,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
-    progress: bool = PROGRESS,
+    quiet: bool = QUIET,
 ) -> None:
     """Perplexity (strided sliding window), beside the base model's, and generations side by side."""
     with user_errors():
         from .data import HELDOUT_SOURCE, DataSpec
         from .evaluate import run_eval
 
+        progress = reporter(quiet)
         report = run_eval(
             model,
             base,
@@ -260,11 +295,15 @@ def bench(
     repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (the median is reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed repetitions first."),
     seed: int = SEED,
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16, float32 or float16."),
+    dtype: str = typer.Option(
+        "auto",
+        "--dtype",
+        help="auto (bfloat16 where the device computes it natively, else float32), bfloat16, float32 or float16.",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when there is one)."),
     quantize: Optional[str] = QUANTIZE,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
-    progress: bool = PROGRESS,
+    quiet: bool = QUIET,
 ) -> None:
     """Prefill and decode speed, parameter, KV-cache and peak bytes: pruned vs dense vs the plan's ideal."""
     with user_errors():
@@ -272,7 +311,8 @@ def bench(
         from .plan import Plan
 
         settings = BenchSettings(prompt_len, new_tokens, parse_batches(batch), repeats, warmup, seed)
-        report = run_bench(model, base, shape, Plan.parse(attn, mlp), settings, dtype, device, progress, quantize)
+        plan = Plan.parse(attn, mlp)
+        report = run_bench(model, base, shape, plan, settings, dtype, device, reporter(quiet), quantize)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
 
@@ -287,6 +327,7 @@ def parse_batches(text: str) -> tuple[int, ...]:
 def info(
     path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+    quiet: bool = QUIET,
 ) -> None:
     """Print a checkpoint's pruning plan and sizes."""
     with user_errors():
@@ -298,7 +339,8 @@ def info(
         return
     typer.echo(
         f"{facts['path']} ({facts['model_type']}, {facts['num_layers']} layers)\n"
-        f"attention pruned: {format_layers(facts['attn'])}\nMLP pruned:       {format_layers(facts['mlp'])}\n"
+        + (f"pruned from:      {facts['base_model']}\n" if facts["base_model"] else "")
+        + f"attention pruned: {format_layers(facts['attn'])}\nMLP pruned:       {format_layers(facts['mlp'])}\n"
         f"parameters: {facts['parameters']:,}   bytes: {human_bytes(facts['bytes'])}   "
         f"dtypes: {', '.join(facts['dtypes'])}"
     )
@@ -313,11 +355,13 @@ def verify(
         "--quantize",
         help="Load quantized (int8, nf4, torchao-int8, torchao-int4); the oracle is quantized alike.",
     ),
+    quiet: bool = QUIET,
 ) -> None:
     """Check key accounting, logits against the oracle, and cached vs uncached decoding."""
     with user_errors():
         from .verification import verify as run_verify
 
+        reporter(quiet)
         checks = run_verify(path, base, quantize=quantize)
     for check in checks:
         typer.echo(str(check))
@@ -335,14 +379,22 @@ def generate(
     dtype: Optional[str] = LOAD_DTYPE,
     quantize: Optional[str] = QUANTIZE,
     check_overflow: bool = CHECK_OVERFLOW,
+    quiet: bool = QUIET,
 ) -> None:
     """Greedy generation from a checkpoint."""
     with user_errors():
-        from .generate import complete, encode_prompt, load_with_tokenizer
-        from .precision import find_overflow, parse_dtype
-        from .quantization import describe
+        import torch
 
+        from .generate import complete, encode_prompt, load_with_tokenizer
+        from .precision import find_overflow, parse_dtype, resolve_auto
+        from .quantization import describe
+        from .source import open_checkpoint
+
+        progress = reporter(quiet)
         parse_dtype(dtype)
+        open_checkpoint(path)  # bad input is refused before the dtype line
+        on_cuda = quantize is not None and torch.cuda.is_available()  # only quantized loads go to the GPU
+        dtype = resolve_auto(dtype, progress.note, on_cuda=on_cuda)
         model, tokenizer = load_with_tokenizer(path, dtype=dtype, quantize=quantize)
         if check_overflow:
             typer.echo(find_overflow(model, encode_prompt(model, tokenizer, prompt)["input_ids"]))
@@ -354,16 +406,19 @@ def generate(
 @app.command()
 def demo(
     model: Optional[str] = typer.Option(None, "--model", help="Qwen3 to prune (default: the embedded model)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Keep the pruned checkpoint here (default: discarded)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Write the pruned checkpoint here (default: ./qprune-demo, or -2, -3... if taken)."
+    ),
     attn: Optional[str] = ATTN,
     mlp: Optional[str] = MLP,
     force: bool = FORCE,
+    quiet: bool = QUIET,
 ) -> None:
     """Prune a model, verify it, and show dense and pruned generations side by side."""
     with user_errors():
         from .demo import run_demo
 
-        passed = run_demo(model, out, attn, mlp, force=force, echo=typer.echo)
+        passed = run_demo(model, out, attn, mlp, force=force, echo=typer.echo, progress=reporter(quiet))
     if not passed:
         raise typer.Exit(1)
 

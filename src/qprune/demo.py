@@ -2,27 +2,40 @@
 
 Chooses blocks with the greedy search (or takes the plan given), prunes them, verifies the result
 against the stock-transformers oracle, and prints dense and pruned generations side by side with the
-sizes. Used as the README's first command.
+sizes. The pruned checkpoint is kept (`./qprune-demo` unless `--out`), so `qprune info` and friends
+can be tried on it. Used as the README's first command.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from .data import DataSpec
+from .errors import QpruneError
 from .plan import Plan
+from .progress import Progress, as_progress
 from .source import read_qwen3_config, resolve_model_dir
 
 EMBEDDED_MODEL = Path(__file__).parent / "assets" / "qwen3-pydocs"
-DEMO_DATA = DataSpec(samples=16, seq_len=256)  # small: the search takes seconds on a CPU
+DEMO_DATA = DataSpec(samples=16, seq_len=256)  # small: the whole demo takes about 30 s on 2 CPU cores
 PROMPTS = ("The list type", "To open a file", "The :mod:`os` module")
+DEFAULT_OUT = "qprune-demo"
+DURATION = "About 30 seconds on a 2-core CPU."
 
 
 def default_block_count(num_layers: int) -> int:
     """How many blocks the demo removes when no plan is given: a sixth of them."""
     return max(1, (2 * num_layers) // 6)
+
+
+def free_output_dir(stem: str = DEFAULT_OUT) -> Path:
+    """`stem`, or `stem-2`, `stem-3`... : the first that does not exist yet or is an empty directory."""
+    for n in range(1, 1000):
+        path = Path(stem if n == 1 else f"{stem}-{n}")
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            return path
+    raise QpruneError(f"{stem}-2 ... {stem}-999 all exist; pass --out")
 
 
 def run_demo(
@@ -33,41 +46,49 @@ def run_demo(
     *,
     force: bool = False,
     echo: Callable[[str], None] = print,
+    progress: bool | Progress = True,
 ) -> bool:
-    """Run the demo; True when every verification check passed."""
+    """Run the demo, keeping the pruned checkpoint in `out` (default: `free_output_dir()`); True when
+    every verification check passed."""
     import torch
-    from transformers.utils import logging
 
     from .generate import complete, load_with_tokenizer
     from .pruning import prune
     from .search import Target, auto_prune
     from .verification import verify
 
-    logging.disable_progress_bar()  # loading bars would bury the side-by-side output
+    progress = as_progress(progress)
     source = model or str(EMBEDDED_MODEL)
+    name = "the embedded Qwen3" if model is None else model
     num_layers = read_qwen3_config(resolve_model_dir(source))["num_hidden_layers"]
-    with tempfile.TemporaryDirectory(prefix="qprune-demo-") as scratch:
-        target = out or Path(scratch) / "pruned"
-        if attn or mlp:
-            echo(f"== prune {source}\n")
-            echo(prune(source, target, Plan.parse(attn, mlp), force=force).summary())
-        else:
-            count = default_block_count(num_layers)
-            echo(f"== prune {source} --auto --blocks {count}: greedy search on the shipped calibration text\n")
-            result, found = auto_prune(source, target, DEMO_DATA, Target(blocks=count), force=force, progress=False)
-            echo(found.table() + "\n")
-            echo(result.summary())
-        echo("\n== verify against the stock-transformers oracle\n")
-        checks = verify(str(target), source)
-        for check in checks:
-            echo(str(check))
-        echo("\n== greedy generations, dense vs pruned (float32)\n")
-        dense, tokenizer = load_with_tokenizer(source, dtype=torch.float32)
-        pruned, _ = load_with_tokenizer(target, dtype=torch.float32)
-        for prompt in PROMPTS:
-            echo(f"prompt: {prompt!r}")
-            echo(f"  dense:  {complete(dense, tokenizer, prompt, 32)!r}")
-            echo(f"  pruned: {complete(pruned, tokenizer, prompt, 32)!r}\n")
+    target = Path(out) if out is not None else free_output_dir()
+    if attn or mlp:
+        echo(f"qprune demo: prune the given blocks of {name}, verify the result, compare generations.\n")
+        echo(f"== prune {source}\n")
+        echo(prune(source, target, Plan.parse(attn, mlp), force=force).summary())
+    else:
+        count = default_block_count(num_layers)
+        echo(
+            f"qprune demo: choose {count} of {2 * num_layers} blocks of {name} to remove by greedy search on "
+            f"{DEMO_DATA.samples} x {DEMO_DATA.seq_len} calibration tokens, prune them, verify the result against "
+            f"stock transformers, and compare generations. {DURATION}\n"
+        )
+        echo(f"== prune {source} --auto --blocks {count}: greedy search on the shipped calibration text\n")
+        result, found = auto_prune(source, target, DEMO_DATA, Target(blocks=count), force=force, progress=progress)
+        echo(found.table() + "\n")
+        echo(result.summary())
+    echo("\n== verify against the stock-transformers oracle\n")
+    checks = verify(str(target), source)
+    for check in checks:
+        echo(str(check))
+    echo("\n== greedy generations, dense vs pruned (float32)\n")
+    dense, tokenizer = load_with_tokenizer(source, dtype=torch.float32)
+    pruned, _ = load_with_tokenizer(target, dtype=torch.float32)
+    for prompt in PROMPTS:
+        echo(f"prompt: {prompt!r}")
+        echo(f"  dense:  {complete(dense, tokenizer, prompt, 32)!r}")
+        echo(f"  pruned: {complete(pruned, tokenizer, prompt, 32)!r}\n")
     passed = all(check.passed for check in checks)
     echo("verification: " + ("PASS" if passed else "FAIL"))
+    echo(f"pruned checkpoint kept in {target} (qprune info {target}; delete it when done)")
     return passed

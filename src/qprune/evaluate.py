@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from .data import HELDOUT_SOURCE, DataSpec, tokenize
 from .errors import QpruneError
-from .precision import NonFiniteLogitsError, OverflowReport, overflow_message, parse_dtype
+from .precision import NonFiniteLogitsError, OverflowReport, overflow_message, parse_dtype, resolve_auto
+from .progress import Progress, as_progress
 
 if TYPE_CHECKING:
     import torch
@@ -69,11 +70,15 @@ class Perplexity:
 
 
 def perplexity(
-    model, tokens: torch.Tensor, seq_len: int = 1024, stride: int = 512, batch_size: int = 4, progress: bool = False
+    model,
+    tokens: torch.Tensor,
+    seq_len: int = 1024,
+    stride: int = 512,
+    batch_size: int = 4,
+    progress: bool | Progress = False,
 ) -> Perplexity:
     """Sliding-window perplexity of `model` on a 1-D tensor of token ids."""
     import torch
-    from tqdm.auto import tqdm
 
     from .ablation import chunked_nll
 
@@ -86,7 +91,7 @@ def perplexity(
     device = model.get_input_embeddings().weight.device
     result = Perplexity(0.0, 0)
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="perplexity", unit="batch", leave=False, disable=not progress):
+        for batch in as_progress(progress)(batches, "perplexity"):
             ids = torch.stack([tokens[w.begin : w.end] for w in batch]).to(device)
             hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
             for row, w in enumerate(batch):
@@ -199,7 +204,7 @@ def run_eval(
     max_new_tokens: int = 40,
     dtype: str | None = None,
     batch_size: int = 4,
-    progress: bool = True,
+    progress: bool | Progress = True,
     quantize: str | None = None,
     check_overflow: bool = False,
 ) -> EvalReport:
@@ -232,6 +237,8 @@ def run_eval(
     windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading
 
     device_map = "auto" if torch.cuda.is_available() else None
+    progress = as_progress(progress)
+    dtype = resolve_auto(dtype, progress.note)
     results = []
     for name, path in ((model, model_dir), (base, base_dir)):
         if path is None:

@@ -6,11 +6,17 @@ print(complete(model, tokenizer, "def fibonacci(n):", max_new_tokens=40))
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import QpruneError
 from .loading import load, load_tokenizer
+from .progress import Progress, as_progress
 from .source import resolve_model_dir
+
+SMALL_MODEL_PARAMETERS = 100_000_000  # below this, decoding on a CPU uses one thread (see small_model_threads)
 
 
 def load_with_tokenizer(path: str | Path, dtype=None, device_map=None, quantize: str | None = None):
@@ -18,18 +24,23 @@ def load_with_tokenizer(path: str | Path, dtype=None, device_map=None, quantize:
     return load(model_dir, dtype=dtype, device_map=device_map, quantize=quantize), load_tokenizer(model_dir)
 
 
-def load_for_measurement(source: str, spec, dtype: str = "bfloat16"):
+def load_for_measurement(source: str, spec, dtype: str = "auto", progress: bool | Progress = False):
     """(model, calibration batch) for scan and search. The data is read first, so its errors come
-    before a long load. The model holds every weight the checkpoint has, in `dtype` (metrics are
-    accumulated in float32 whatever it is), spread over the GPUs when there are any."""
+    before a long load. The model holds every weight the checkpoint has, in `dtype` ("auto": see
+    `precision.auto_dtype`; metrics are accumulated in float32 whatever it is), spread over the GPUs
+    when there are any."""
     import torch
 
     from .data import load_token_batches
+    from .precision import resolve_auto
 
-    if dtype not in ("bfloat16", "float32"):
-        raise QpruneError(f"--dtype {dtype}: use bfloat16 or float32 (Qwen3 overflows in float16)")
+    progress = as_progress(progress)
+    if dtype not in ("auto", "bfloat16", "float32"):
+        raise QpruneError(f"--dtype {dtype}: use auto, bfloat16 or float32 (Qwen3 overflows in float16)")
+    dtype = resolve_auto(dtype, progress.note)
     model_dir = resolve_model_dir(source)
     batch = load_token_batches(spec, load_tokenizer(model_dir))
+    progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")
     device_map = "auto" if torch.cuda.is_available() else None
     return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
 
@@ -45,6 +56,25 @@ def encode_prompt(model, tokenizer, prompt: str):
     return tokenizer(text, return_tensors="pt").to(model.get_input_embeddings().weight.device)
 
 
+@contextmanager
+def small_model_threads(model) -> Iterator[None]:
+    """One torch thread while a small model decodes on a CPU, unless OMP_NUM_THREADS says otherwise.
+    Decoding a small model is a string of tiny matmuls: a second thread gains nothing on an idle
+    machine and costs ~3x when another process holds a core (benchmarks/threads.py)."""
+    import torch
+
+    on_cpu = model.get_input_embeddings().weight.device.type == "cpu"
+    if not on_cpu or "OMP_NUM_THREADS" in os.environ or model.num_parameters() > SMALL_MODEL_PARAMETERS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
     """The model's greedy continuation of `prompt`. Raises `NonFiniteLogitsError` (with advice) if a
     step's logits hold inf or NaN, rather than returning the garbage it would decode to."""
@@ -54,7 +84,7 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
 
     inputs = encode_prompt(model, tokenizer, prompt)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.no_grad():
+    with torch.no_grad(), small_model_threads(model):
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

@@ -23,7 +23,7 @@ from .checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from .errors import QpruneError
 from .output import atomic_output, check_output
 from .plan import Plan
-from .source import open_checkpoint
+from .source import open_checkpoint, portable_name
 
 MODELING_DIR = Path(__file__).parent / "modeling"
 MODELING_FILES = ("configuration_pruned_qwen3.py", "modeling_pruned_qwen3.py")
@@ -129,7 +129,7 @@ def prune(
     result = PruneResult(
         out, source, total, plan, num_layers, params_before, params_after, bytes_before, bytes_after, tuple(left_out)
     )
-    base_model = config.get("qprune_base_model", source)
+    base_model = portable_name(config.get("qprune_base_model", source))
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(pruned_config(config, total, base_model), indent=2) + "\n")

@@ -248,20 +248,22 @@ def run_scan(
     spec: DataSpec,
     out: Path | None = None,
     *,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     force: bool = False,
     progress: bool = True,
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png."""
-    from .ablation import progress_bar
     from .generate import load_for_measurement
+    from .progress import as_progress
 
     if out is not None:
         check_output(Path(out), force, sources=[source])
     start = time.perf_counter()
-    model, batch = load_for_measurement(source, spec, dtype)
+    progress = as_progress(progress)
+    model, batch = load_for_measurement(source, spec, dtype, progress)
     loaded = time.perf_counter()
-    result = scan_blocks(model, batch, progress=progress_bar(progress))
+    progress.note(f"scanning {2 * model.config.num_hidden_layers} blocks")
+    result = scan_blocks(model, batch, progress=progress)
     result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start
     report = {

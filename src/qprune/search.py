@@ -20,11 +20,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .ablation import Block, BlockRunner, FullForwardRunner, all_blocks
 from .cost import Shape, block_parameters
 from .errors import QpruneError
 from .plan import Plan
+
+if TYPE_CHECKING:
+    from .progress import Progress
 
 METHODS = ("greedy", "oneshot")
 SEARCH_METRICS = ("nll", "kl")
@@ -177,7 +181,8 @@ def greedy_search(
             eligible = [b for b in candidates if budget.fits(b)]
             if not eligible:
                 break
-            stats = runner.evaluate(eligible, progress=progress, description=f"greedy step {len(steps) + 1}")
+            step = f"greedy step {len(steps) + 1}" + (f" of {target.blocks}" if target.blocks else "")
+            stats = runner.evaluate(eligible, progress=progress, description=step)
             best = min(eligible, key=lambda b: stats[b].metric(metric))
             runner.remove(best)
             budget.take(best)
@@ -283,16 +288,15 @@ def auto_prune(
     method: str = "greedy",
     metric: str | None = None,
     constraints: Constraints = Constraints(),
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     max_shard_size: int | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | Progress = True,
 ):
     """Choose a plan on `spec`'s calibration data, then write the pruned checkpoint with the search
     report in it. Returns (PruneResult, SearchResult)."""
     from pathlib import Path
 
-    from .ablation import progress_bar
     from .generate import load_for_measurement
     from .output import check_output
     from .pruning import DEFAULT_MAX_SHARD_SIZE, prune
@@ -302,10 +306,15 @@ def auto_prune(
         raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
     if constraints.only not in (None, "attn", "mlp"):
         raise QpruneError(f"--only {constraints.only}: choose attn or mlp")
-    model, batch = load_for_measurement(source, spec, dtype)
+    from .progress import as_progress
+
+    progress = as_progress(progress)
+    model, batch = load_for_measurement(source, spec, dtype, progress)
     if model.config.use_sliding_window and constraints.only != "mlp":
         raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: add --only mlp")
-    result = search(model, batch, target, method, metric, constraints, progress=progress_bar(progress))
+    goal = f"{target.blocks} blocks" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
+    progress.note(f"searching ({method}): {goal}")
+    result = search(model, batch, target, method, metric, constraints, progress=progress)
     del model  # the weights are copied from the files, not from memory
     report = {"model": source, "data": spec.describe(), "dtype": dtype, **result.to_dict()}
     pruned = prune(

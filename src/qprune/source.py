@@ -47,6 +47,19 @@ def resolve_model_dir(source: str) -> Path:
         ) from None
 
 
+def portable_name(source: str) -> str:
+    """How a model card or config names where a model came from, without a user's directory layout:
+    the hub id when `source` is one (or a hub-cache copy of one), else the directory's name."""
+    path = Path(source).expanduser()
+    if not path.exists() and _HUB_ID.match(source):
+        return source
+    for part in reversed(path.absolute().parts):
+        cached = re.fullmatch(r"models--([^/]+?)--(.+)", part)  # huggingface_hub's cache layout
+        if cached:
+            return f"{cached.group(1)}/{cached.group(2)}"
+    return path.absolute().name
+
+
 def read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     if not path.is_file():
