@@ -25,12 +25,12 @@ def test_verify_passes_with_and_without_base(pruned, base):
     result = runner.invoke(app, ["verify", str(pruned), "--base", str(base)])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("PASS")
-    for name in ("keys", "params", "logits", "cache"):
+    for name in ("keys", "params", "logits", "self", "cache"):
         assert f"PASS  {name}" in result.output
     assert "max |Δlogits| vs oracle" in result.output
-    result = runner.invoke(app, ["verify", str(pruned)])
+    result = runner.invoke(app, ["verify", str(pruned)])  # without --base: the self-oracle still checks logits
     assert result.exit_code == 0, result.output
-    assert "pass --base" in result.output
+    assert "PASS  self       max |Δlogits| vs self-oracle" in result.output
 
 
 def test_verify_of_a_twice_pruned_checkpoint(tmp_path, pruned, untied_base):

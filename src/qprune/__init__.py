@@ -4,7 +4,8 @@
     from qprune.plan import Plan
 
     qprune.prune("Qwen/Qwen3-0.6B", "qwen3-pruned", Plan(attn=(20, 22), mlp=(24,)))
-    model = qprune.load("qwen3-pruned", quantize="int8")   # or qprune.quantize(model, "int8")
+    qprune.heal("qwen3-pruned", "qwen3-healed")               # distil the base back in
+    model = qprune.load("qwen3-healed", quantize="int8")   # or qprune.quantize(model, "int8")
 
 Names are imported lazily so that `qprune --help` does not pay for torch and transformers.
 """
@@ -23,13 +24,18 @@ _LAZY = {
     "PrunedQwen3ForCausalLM": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3Model": "qprune.modeling.modeling_pruned_qwen3",
     "Plan": "qprune.plan",
+    "HealSettings": "qprune.heal",
     "QpruneError": "qprune.errors",
+    "heal": "qprune.heal",
     "load": "qprune.loading",
+    "lora_config": "qprune.lora",
+    "pruned_modules": "qprune.lora",
     "prune": "qprune.pruning",
     "quantize": "qprune.quantization",
     "verify": "qprune.verification",
 }
 __all__ = [
+    "HealSettings",
     "Plan",
     "PrunedLinear",
     "PrunedQwen3Config",
@@ -37,15 +43,20 @@ __all__ = [
     "PrunedQwen3ForCausalLM",
     "PrunedQwen3Model",
     "QpruneError",
+    "heal",
     "load",
+    "lora_config",
     "prune",
+    "pruned_modules",
     "quantize",
     "verify",
 ]
 
 if TYPE_CHECKING:
     from .errors import QpruneError
+    from .heal import HealSettings, heal
     from .loading import load
+    from .lora import lora_config, pruned_modules
     from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
     from .modeling.modeling_pruned_qwen3 import (
         PrunedLinear,

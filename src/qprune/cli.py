@@ -324,6 +324,62 @@ def parse_batches(text: str) -> tuple[int, ...]:
 
 
 @app.command()
+def heal(
+    pruned: str = typer.Argument(..., help="Pruned checkpoint to heal (a qprune output)."),
+    out: Path = typer.Argument(..., help="Directory to write the healed checkpoint to."),
+    base: Optional[str] = typer.Option(None, "--base", help="Teacher (default: the base PRUNED records)."),
+    data: Optional[str] = DATA,
+    text_field: str = TEXT_FIELD,
+    eval_data: Optional[str] = typer.Option(
+        None, "--eval-data", help="Held-out text for perplexity before/after (default: qprune:pydocs-heldout.txt)."
+    ),
+    tokens: int = typer.Option(500_000, "--tokens", help="Training budget in tokens."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training sequence."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step (per process)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (warm-up, then cosine decay)."),
+    loss: str = typer.Option("kd", "--loss", help="kd (distillation), lm (next token) or mix (kd + --lm-weight x lm)."),
+    lm_weight: float = typer.Option(0.5, "--lm-weight", help="--loss mix: weight of the LM loss."),
+    lora: Optional[int] = typer.Option(None, "--lora", help="Train LoRA adapters of this rank, merged at the end."),
+    last_layers: Optional[int] = typer.Option(
+        None, "--last-layers", help="Train only the last K layers, the final norm and lm_head."
+    ),
+    teacher_cache: Optional[Path] = typer.Option(
+        None, "--teacher-cache", help="Store the teacher's top-k log-probs here once; train without the teacher."
+    ),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="--teacher-cache: log-probs kept per token (all)."),
+    eval_tokens: int = typer.Option(40_000, "--eval-tokens", help="Held-out tokens scored before and after."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
+    seed: int = SEED,
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+) -> None:
+    """Distil the base model back into a pruned checkpoint (transformers' Trainer; PEFT for --lora)."""
+    with user_errors():
+        from .data import HELDOUT_SOURCE, DataSpec
+        from .heal import HealSettings
+        from .heal import heal as run_heal
+
+        settings = HealSettings(
+            tokens, seq_len, batch_size, grad_accum, lr, loss=loss, lm_weight=lm_weight, lora=lora,
+            last_layers=last_layers, seed=seed, top_k=top_k, eval_tokens=eval_tokens,
+            gradient_checkpointing=gradient_checkpointing,
+        )  # fmt: skip
+        result = run_heal(
+            pruned,
+            out,
+            settings,
+            base=base,
+            data=DataSpec(data, text_field=text_field),
+            eval_data=DataSpec(eval_data or HELDOUT_SOURCE, text_field=text_field),
+            teacher_cache=teacher_cache,
+            force=force,
+            progress=reporter(quiet),
+        )
+    typer.echo(result.summary())
+
+
+@app.command()
 def info(
     path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
