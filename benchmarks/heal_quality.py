@@ -38,6 +38,7 @@ def main() -> None:
             qprune.prune(base, pruned, PLAN)
         runs = {
             "KD, all kept weights (default)": (pruned, HealSettings(tokens=args.tokens)),
+            "KD, all kept weights, lr 2e-4": (pruned, HealSettings(tokens=args.tokens, lr=2e-4)),
             "KD, LoRA rank 16": (pruned, HealSettings(tokens=args.tokens, lora=16, lr=1e-3)),
             "LM loss, all kept weights": (pruned, HealSettings(tokens=args.tokens, loss="lm")),
             "KD, last 2 layers + norm + lm_head": (pruned, HealSettings(tokens=args.tokens, last_layers=2)),

@@ -337,7 +337,11 @@ def heal(
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training sequence."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step (per process)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
-    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (warm-up, then cosine decay)."),
+    lr: Optional[float] = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate, warm-up then cosine decay (default: 1e-3 below 100M parameters, else 1e-4).",
+    ),
     loss: str = typer.Option("kd", "--loss", help="kd (distillation), lm (next token) or mix (kd + --lm-weight x lm)."),
     lm_weight: float = typer.Option(0.5, "--lm-weight", help="--loss mix: weight of the LM loss."),
     lora: Optional[int] = typer.Option(None, "--lora", help="Train LoRA adapters of this rank, merged at the end."),
