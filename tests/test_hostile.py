@@ -389,6 +389,8 @@ from qprune.cli import main
 
 action, argv = sys.argv[1], sys.argv[2:]
 copy, calls = checkpoint._append_bytes, [0]
+# Ctrl-C as on a terminal: a shell that starts a job in the background (CI) makes it ignore SIGINT
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def hooked(*args):
     calls[0] += 1
