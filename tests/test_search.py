@@ -268,3 +268,52 @@ def test_scan_json_and_offline_hub_id(tmp_path):
     assert all({"cosine_similarity", "relative_update_norm", "delta_nll", "kl"} <= set(b) for b in report["blocks"])
     result = runner.invoke(app, ["scan", "no-such-owner-qprune/no-such-model", "--no-progress"])
     assert result.exit_code == 2 and "could not be downloaded from the Hugging Face Hub" in result.output
+
+
+def test_whole_layer_candidates_equal_a_full_forward_and_search_whole_layers(untied_base, tmp_path):
+    """A layer is one candidate (both blocks); prefix reuse still equals a full forward, on a checkpoint
+    whose layer 2 is already half pruned (its candidate removes the MLP that is left)."""
+    prune(str(untied_base), tmp_path / "p", Plan(attn=(2,)))
+    model = load(tmp_path / "p", dtype=torch.float32)
+    batch = token_batch(batch=10, length=16)
+    layers = [(i, "layer") for i in range(4)]
+    with BlockRunner(model, batch, kl=True) as fast, FullForwardRunner(model, batch, kl=True) as slow:
+        ours, reference = fast.evaluate(layers), slow.evaluate(layers)
+        for unit in layers:
+            assert ours[unit].nll == pytest.approx(reference[unit].nll, rel=1e-6, abs=0)
+            assert ours[unit].kl == pytest.approx(reference[unit].kl, rel=1e-5, abs=1e-9)
+        fast.remove((1, "layer"))
+        slow.remove((1, "layer"))
+        rest = [(0, "layer"), (2, "layer"), (3, "layer")]
+        ours, reference = fast.evaluate(rest), slow.evaluate(rest)
+        assert [ours[u].nll for u in rest] == pytest.approx([reference[u].nll for u in rest], rel=1e-6)
+
+    for naive in (False, True):
+        result = greedy_search(model, batch, Target(blocks=2), "kl", Constraints(whole_layers=True), naive=naive)
+        assert len(result.steps) == 2 and all(step["block"] == "layer" for step in result.steps)
+        # whole layers: both blocks chosen, except layer 2's attention, which was gone already
+        assert set(result.plan.mlp) - {2} == set(result.plan.attn) and len(result.plan.mlp) == 2
+    result = oneshot_search(model, batch, Target(blocks=1), "nll", Constraints(whole_layers=True))
+    assert len(result.plan.mlp) == 1 and set(result.plan.mlp) - {2} == set(result.plan.attn)
+    with pytest.raises(QpruneError, match="cannot be combined with --only"):
+        Constraints(only="attn", whole_layers=True)
+
+
+def test_scan_and_auto_prune_rank_whole_layers(useless_model_dir, tmp_path):
+    result = runner.invoke(
+        app, ["scan", str(useless_model_dir), "--whole-layers", "--samples", "2", "--seq-len", "64", "-q", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [entry["layer"] for entry in report["layers"]] == list(range(6))
+    assert all(entry["delta_nll"] > 0 and 0 < entry["cosine_similarity"] < 1 for entry in report["layers"])
+
+    args = ["--auto", "--whole-layers", "--blocks", "2", "--samples", "2", "--seq-len", "64", "-q"]
+    result = runner.invoke(app, ["prune", str(useless_model_dir), str(tmp_path / "w"), *args])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["pruned_attn_layers"] == config["pruned_mlp_layers"] and len(config["pruned_mlp_layers"]) == 2
+    from qprune.export import export
+
+    exported = export(str(tmp_path / "w"), tmp_path / "stock")
+    assert exported.export_bytes == exported.slim_bytes and exported.zero_blocks.num_blocks == 0

@@ -16,7 +16,8 @@ full forward per candidate, is the reference the tests and benchmarks compare ag
 for every micro-batch and block (samples x seq_len x hidden x 2 x layers values); this memory is what
 buys the speed.
 
-Blocks are `(layer, "attn" | "mlp")` in forward order. Metrics accumulate in float32.
+Blocks are `(layer, "attn" | "mlp")` in forward order. A candidate may also be a whole layer,
+`(layer, "layer")`: both its blocks removed at once (`expand`). Metrics accumulate in float32.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ _LOGIT_BUDGET = 2**20  # float32 logits computed at once (4 MB; >= 256 tokens): 
 
 def all_blocks(num_layers: int) -> list[Block]:
     return [(layer, kind) for layer in range(num_layers) for kind in KINDS]
+
+
+def expand(candidate: Block) -> set[Block]:
+    """The blocks a candidate removes: itself, or both blocks of a layer for `(layer, "layer")`."""
+    layer, kind = candidate
+    return {(layer, k) for k in KINDS} if kind == "layer" else {candidate}
 
 
 @dataclass
@@ -243,20 +250,20 @@ class BlockRunner:
             if path is not current:
                 current = path
                 reference = reference_logprobs(self.model, path.reference) if self.kl else None
-            with skipping(self.model, self.removed | {block}):
-                normed = self._run_from(path, block)
+            with skipping(self.model, self.removed | expand(block)):
+                normed = self._run_from(path, min(expand(block)))
             totals[block] += token_stats(self.model, normed, path.input_ids, reference)
         return totals
 
     @torch.inference_mode()
     def remove(self, block: Block) -> None:
         """Remove `block` for good: later evaluations start from the model without it."""
-        self.removed = self.removed | {block}
+        self.removed = self.removed | expand(block)
         with skipping(self.model, self.removed):
             for path in self.paths:
                 self._record = {}
                 try:
-                    self._run_from(path, block)
+                    self._run_from(path, min(expand(block)))
                     path.states.update(self._record)
                 finally:
                     self._record = None
@@ -294,12 +301,12 @@ class FullForwardRunner:
         self, candidates: list[Block], progress=None, description: str = "ablations"
     ) -> dict[Block, TokenStats]:
         return {
-            block: self.stats(self.removed | {block})
+            block: self.stats(self.removed | expand(block))
             for block in (progress(candidates, description) if progress else candidates)
         }
 
     def remove(self, block: Block) -> None:
-        self.removed = self.removed | {block}
+        self.removed = self.removed | expand(block)
 
     def close(self) -> None:
         pass

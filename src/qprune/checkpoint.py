@@ -29,10 +29,10 @@ _MAX_HEADER = 100 << 20  # safetensors' own limit
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """Where one tensor's bytes lie in a safetensors file."""
+    """Where one tensor's bytes lie in a safetensors file (`file` None: a tensor of zeros to write)."""
 
     name: str
-    file: Path
+    file: Path | None
     dtype: str
     shape: tuple[int, ...]
     start: int  # absolute offset in the file
@@ -45,6 +45,11 @@ class TensorEntry:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @classmethod
+    def zeros(cls, name: str, dtype: str, shape: tuple[int, ...]) -> TensorEntry:
+        """A tensor with no source whose bytes are all zero (0.0 in every float dtype)."""
+        return cls(name, None, dtype, tuple(shape), 0, math.prod(shape) * DTYPE_SIZES[dtype])
 
 
 # safetensors dtypes and the bytes one element takes (sub-byte formats are not Qwen3 weights).
@@ -202,6 +207,12 @@ def _append_bytes(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
         count -= written
 
 
+def _append_zeros(dst_fd: int, count: int) -> None:
+    block = bytes(min(count, _COPY_CHUNK))
+    while count:
+        count -= os.write(dst_fd, block[: min(count, len(block))])
+
+
 def _write_shard(path: Path, entries: list[TensorEntry]) -> None:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -219,6 +230,9 @@ def _write_shard(path: Path, entries: list[TensorEntry]) -> None:
         source, source_file = None, None
         try:
             for entry in entries:
+                if entry.file is None:
+                    _append_zeros(out.fileno(), entry.nbytes)
+                    continue
                 if entry.file != source_file:  # one source shard open at a time
                     if source:
                         source.close()

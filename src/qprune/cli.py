@@ -155,6 +155,11 @@ def prune(
     only: Optional[str] = typer.Option(None, "--only", help="--auto: remove only attn or only mlp blocks."),
     keep_first: int = typer.Option(0, "--keep-first", help="--auto: never remove blocks of the first K layers."),
     keep_last: int = typer.Option(0, "--keep-last", help="--auto: never remove blocks of the last K layers."),
+    whole_layers: bool = typer.Option(
+        False,
+        "--whole-layers",
+        help="--auto: remove whole layers (both blocks; --blocks counts layers): exports to a stock Qwen3 at no cost.",
+    ),
     data: Optional[str] = DATA,
     text_field: str = TEXT_FIELD,
     samples: int = SAMPLES,
@@ -172,8 +177,8 @@ def prune(
     with user_errors():
         shard_size = parse_size(max_shard_size)
         if not auto:
-            if blocks is not None or param_ratio is not None:
-                raise QpruneError("--blocks and --param-ratio choose blocks automatically: add --auto")
+            if blocks is not None or param_ratio is not None or whole_layers:
+                raise QpruneError("--blocks, --param-ratio and --whole-layers choose blocks automatically: add --auto")
             from .pruning import prune as run_prune
 
             typer.echo(
@@ -192,13 +197,32 @@ def prune(
             Target(blocks, param_ratio),
             method=method,
             metric=metric,
-            constraints=Constraints(only, keep_first, keep_last),
+            constraints=Constraints(only, keep_first, keep_last, whole_layers),
             dtype=dtype,
             max_shard_size=shard_size,
             force=force,
             progress=progress,
         )
     typer.echo(found.table() + "\n")
+    typer.echo(result.summary())
+
+
+@app.command()
+def export(
+    pruned: str = typer.Argument(..., help="qprune checkpoint: a local directory or a hub id."),
+    dest: Path = typer.Argument(..., help="Directory to write the stock Qwen3 to."),
+    max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+) -> None:
+    """Write an exact stock Qwen3 (no custom code) for engines that know only Qwen3: llama.cpp, MLX, ...
+
+    Layers whose attention and MLP are both pruned are removed; a block pruned alone is stored as zeros,
+    which a stock engine still computes. The summary says what that costs against PRUNED."""
+    with user_errors():
+        from .export import export as run_export
+
+        result = run_export(pruned, dest, max_shard_size=parse_size(max_shard_size), force=force)
     typer.echo(result.summary())
 
 
@@ -213,6 +237,9 @@ def scan(
     seed: int = SEED,
     dtype: str = DTYPE,
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+    whole_layers: bool = typer.Option(
+        False, "--whole-layers", help="Also score every layer as one unit (both blocks removed), ranked among layers."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -222,7 +249,7 @@ def scan(
 
         progress = reporter(quiet)
         spec = data_spec(data, text_field, samples, seq_len, seed)
-        done = run_scan(model, spec, out, dtype=dtype, force=force, progress=progress)
+        done = run_scan(model, spec, out, dtype=dtype, force=force, progress=progress, whole_layers=whole_layers)
     if as_json:
         typer.echo(json.dumps(done.report, indent=2))
         return

@@ -77,7 +77,7 @@ def pruned_config(config: dict, plan: Plan, base_model: str) -> dict:
     return dict(sorted(out.items()))
 
 
-def _inherited_files(src_dir: Path, shards: list[Path]) -> tuple[list[Path], list[str]]:
+def inherited_files(src_dir: Path, shards: list[Path]) -> tuple[list[Path], list[str]]:
     """The source's files the output copies, and the names of those it leaves out."""
     copied, left_out = [], []
     for path in sorted(src_dir.iterdir()):
@@ -122,7 +122,7 @@ def prune(
     tensors = list(source_checkpoint.tensors.values())
     kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
-    inherited, left_out = _inherited_files(src_dir, shards)
+    inherited, left_out = inherited_files(src_dir, shards)
 
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)

@@ -11,6 +11,10 @@ Per block, four measures, each reported so that lower means "safer to remove":
   next-token distribution from the unablated model's. Removal reuses the hidden states before the
   block (see `ablation.py`), so block b costs only the layers after it.
 
+With `whole_layers`, every layer is scored the same four ways as one unit (both blocks removed; the
+cosine between the layer's input and output is ShortGPT's Block Influence): the ranking for plans that
+export to a stock Qwen3 at no cost.
+
 `run_scan` adds loading, data, and the outputs: a JSON report, a heatmap PNG (with matplotlib), and the
 table in the terminal.
 """
@@ -52,7 +56,16 @@ class _OnePass:
                 layer.post_attention_layernorm.register_forward_pre_hook(self._keep_input("mlp")),
                 layer.self_attn.register_forward_hook(self._measure((i, "attn"))),
                 layer.mlp.register_forward_hook(self._measure((i, "mlp"))),
+                layer.register_forward_hook(self._measure_layer(i, layer)),
             ]
+
+    def _measure_layer(self, i: int, layer):
+        def hook(module, args, output):
+            if not (layer.prune_self_attn and layer.prune_mlp):  # a layer with nothing left is no candidate
+                output = output[0] if isinstance(output, tuple) else output
+                self.add((i, "layer"), self._inputs["attn"], output - self._inputs["attn"])
+
+        return hook
 
     def _keep_input(self, kind: str):
         def hook(module, args, kwargs=None):
@@ -118,9 +131,14 @@ class ScanResult:
     pruned: list[Block]  # blocks the model already prunes: not scored
     timings: dict[str, float] = field(default_factory=dict)
 
-    def importance(self, metric: str) -> dict[Block, float]:
+    def importance(self, metric: str, *, whole_layers: bool = False) -> dict[Block, float]:
+        """Per block (or per `(layer, "layer")` with `whole_layers`): the lower, the safer to remove."""
         key, turn = METRICS[metric]
-        return {block: turn(scores[key]) for block, scores in self.scores.items() if key in scores}
+        return {
+            unit: turn(scores[key])
+            for unit, scores in self.scores.items()
+            if key in scores and (unit[1] == "layer") == whole_layers
+        }
 
     def to_dict(self) -> dict:
         blocks = []
@@ -131,6 +149,12 @@ class ScanResult:
                 if "delta_nll" in entry:
                     entry["perplexity"] = math.exp(self.dense.mean_nll + entry["delta_nll"])
             blocks.append(entry)
+        layers = [
+            {"layer": layer, **scores}
+            | ({"perplexity": math.exp(self.dense.mean_nll + scores["delta_nll"])} if "delta_nll" in scores else {})
+            for (layer, kind), scores in sorted(self.scores.items())
+            if kind == "layer"
+        ]
         return {
             "num_layers": self.num_layers,
             "dense": {
@@ -139,47 +163,62 @@ class ScanResult:
                 "tokens": self.dense.tokens,
             },
             "blocks": blocks,
+            **({"layers": layers} if layers else {}),
             "timings_s": {name: round(seconds, 3) for name, seconds in self.timings.items()},
         }
 
     def table(self) -> str:
-        ranks = {metric: _ranks(self.importance(metric)) for metric in METRICS}
+        lines = [f"dense calibration perplexity {math.exp(self.dense.mean_nll):.3f}   (rank 1 = least important)"]
+        lines += self._rows(all_blocks(self.num_layers), whole_layers=False)
+        whole = [(layer, "layer") for layer in range(self.num_layers)]
+        if any(unit in self.scores for unit in whole):
+            lines += ["", "whole layers (both blocks removed; ranked among layers):"]
+            lines += self._rows(whole, whole_layers=True)
+        return "\n".join(lines)
+
+    def _rows(self, units: list[Block], whole_layers: bool) -> list[str]:
+        ranks = {metric: _ranks(self.importance(metric, whole_layers=whole_layers)) for metric in METRICS}
         lines = [
-            f"dense calibration perplexity {math.exp(self.dense.mean_nll):.3f}   (rank 1 = least important)",
             f"{'layer':>5} {'block':<5} {'cosine':>8} {'update':>8} {'dNLL':>9} {'KL':>9} {'ppl':>10}"
-            "   ranks cos/upd/nll/kl",
+            "   ranks cos/upd/nll/kl"
         ]
-        for block in all_blocks(self.num_layers):
-            if block not in self.scores:
-                lines.append(f"{block[0]:>5} {block[1]:<5} {'(pruned)':>8}")
+        for unit in units:
+            kind = "both" if unit[1] == "layer" else unit[1]
+            if unit not in self.scores or "delta_nll" not in self.scores[unit]:
+                lines.append(f"{unit[0]:>5} {kind:<5} {'(pruned)':>8}")
                 continue
-            s = self.scores[block]
+            s = self.scores[unit]
             ppl = math.exp(self.dense.mean_nll + s["delta_nll"])
-            rank = "/".join(str(ranks[m][block]) for m in METRICS)
+            rank = "/".join(str(ranks[m][unit]) for m in METRICS)
             lines.append(
-                f"{block[0]:>5} {block[1]:<5} {s['cosine_similarity']:>8.4f} {s['relative_update_norm']:>8.4f} "
+                f"{unit[0]:>5} {kind:<5} {s['cosine_similarity']:>8.4f} {s['relative_update_norm']:>8.4f} "
                 f"{s['delta_nll']:>9.4f} {s['kl']:>9.4f} {ppl:>10.3f}   {rank}"
             )
-        return "\n".join(lines)
+        return lines
 
 
 def _ranks(importance: dict[Block, float]) -> dict[Block, int]:
     return {block: rank for rank, block in enumerate(sorted(importance, key=importance.get), 1)}
 
 
-def scan_blocks(model, batch: torch.Tensor, progress=None, *, ablation: bool = True) -> ScanResult:
-    """Score every block the model still has on the calibration batch (see the module docstring).
-    Without `ablation`, only the one-pass measures (cosine, update): a single forward."""
+def scan_blocks(
+    model, batch: torch.Tensor, progress=None, *, ablation: bool = True, whole_layers: bool = False
+) -> ScanResult:
+    """Score every block the model still has on the calibration batch (see the module docstring), and
+    with `whole_layers` every layer it still has whole. Without `ablation`, only the one-pass measures
+    (cosine, update): a single forward."""
     start = time.perf_counter()
     one_pass, dense = one_pass_metrics(model, batch, progress, stats=not ablation)  # else the runner's
     first_pass = time.perf_counter() - start
     scores = {
         block: {"cosine_similarity": cosine, "relative_update_norm": ratio}
         for block, (cosine, ratio) in one_pass.items()
+        if whole_layers or block[1] != "layer"
     }
     if ablation:
         with BlockRunner(model, batch, kl=True, progress=progress) as runner:
-            ablated = runner.evaluate(runner.candidates(), progress=progress)
+            layers = [unit for unit in scores if unit[1] == "layer"]
+            ablated = runner.evaluate(runner.candidates() + layers, progress=progress)
             dense = runner.dense_stats
         for block, stats in ablated.items():
             scores[block] |= {"delta_nll": stats.mean_nll - dense.mean_nll, "kl": stats.mean_kl}
@@ -251,6 +290,7 @@ def run_scan(
     dtype: str = "auto",
     force: bool = False,
     progress: bool = True,
+    whole_layers: bool = False,
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png."""
     from .generate import load_for_measurement
@@ -263,7 +303,7 @@ def run_scan(
     model, batch = load_for_measurement(source, spec, dtype, progress)
     loaded = time.perf_counter()
     progress.note(f"scanning {2 * model.config.num_hidden_layers} blocks")
-    result = scan_blocks(model, batch, progress=progress)
+    result = scan_blocks(model, batch, progress=progress, whole_layers=whole_layers)
     result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start
     report = {

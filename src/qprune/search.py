@@ -12,7 +12,9 @@
 
 A target is a number of blocks, or a share of the decoder layers' parameters that may go: blocks are
 removed while the removed share stays within it (attention and MLP blocks differ in size).
-`Constraints` keep blocks out of reach: `only` one kind, the first or last K layers.
+`Constraints` keep blocks out of reach: `only` one kind, the first or last K layers. With
+`whole_layers` a candidate is a layer, both its blocks at once (`(layer, "layer")`, counted as one
+toward `blocks`): such plans export to a stock Qwen3 at no cost (`qprune export`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .ablation import Block, BlockRunner, FullForwardRunner, all_blocks
+from .ablation import Block, BlockRunner, FullForwardRunner, all_blocks, expand
 from .cost import Shape, block_parameters
 from .errors import QpruneError
 from .plan import Plan
@@ -40,6 +42,13 @@ class Constraints:
     only: str | None = None  # "attn" or "mlp"
     keep_first: int = 0
     keep_last: int = 0
+    whole_layers: bool = False  # candidates are layers (both blocks), not blocks
+
+    def __post_init__(self) -> None:
+        if self.only not in (None, "attn", "mlp"):
+            raise QpruneError(f"--only {self.only}: choose attn or mlp")
+        if self.whole_layers and self.only is not None:
+            raise QpruneError("--whole-layers removes both blocks of a layer; it cannot be combined with --only")
 
     def allows(self, block: Block, num_layers: int) -> bool:
         layer, kind = block
@@ -74,6 +83,7 @@ class _Budget:
         self.target = target
         self.sizes = block_parameters(Shape.from_config(config))
         self.total = config.num_hidden_layers * (self.sizes["attn"] + self.sizes["mlp"])
+        self.removed = set(already)
         self.removed_params = sum(self.sizes[kind] for _, kind in already)
         if target.param_ratio is not None and self.removed_params / self.total >= target.param_ratio:
             raise QpruneError(
@@ -82,14 +92,18 @@ class _Budget:
             )
         self.chosen = 0
 
+    def size(self, candidate: Block) -> int:
+        """Parameters that removing `candidate` takes away (a layer's blocks not removed already)."""
+        return sum(self.sizes[kind] for _, kind in expand(candidate) - self.removed)
+
     def fits(self, block: Block) -> bool:
         if self.target.blocks is not None:
             return self.chosen < self.target.blocks
-        return self.removed_params + self.sizes[block[1]] <= self.target.param_ratio * self.total
+        return self.removed_params + self.size(block) <= self.target.param_ratio * self.total
 
     def check_any_fits(self, candidates: list[Block]) -> None:
         if not any(self.fits(b) for b in candidates):
-            smallest = min(self.sizes[kind] for _, kind in candidates)
+            smallest = min(self.size(b) for b in candidates)
             raise QpruneError(
                 f"--param-ratio {self.target.param_ratio}: no block fits; the smallest that may be removed holds "
                 f"{smallest / self.total:.1%} of the decoder parameters"
@@ -97,7 +111,8 @@ class _Budget:
 
     def take(self, block: Block) -> None:
         self.chosen += 1
-        self.removed_params += self.sizes[block[1]]
+        self.removed_params += self.size(block)
+        self.removed |= expand(block)
 
     @property
     def removed_share(self) -> float:
@@ -134,14 +149,19 @@ class SearchResult:
         for k, step in enumerate(self.steps, 1):
             shown = ("perplexity", "kl") if "perplexity" in step else ("score",)  # greedy: the model after it
             figures = "   ".join(f"{key} {step[key]:.4f}" for key in shown if key in step)
-            lines.append(f"{k:>3}. layer {step['layer']:>3} {step['block']:<4}  {figures}")
+            kind = "both" if step["block"] == "layer" else step["block"]
+            lines.append(f"{k:>3}. layer {step['layer']:>3} {kind:<4}  {figures}")
         lines.append(f"decoder parameters removed: {self.params_removed_share:.1%}")
         return "\n".join(lines)
 
 
 def _candidates(model, removed: set[Block], constraints: Constraints) -> list[Block]:
     n = len(model.model.layers)
-    blocks = [b for b in all_blocks(n) if b not in removed and constraints.allows(b, n)]
+    if constraints.whole_layers:
+        every = [(layer, "layer") for layer in range(n)]
+        blocks = [b for b in every if not expand(b) <= removed and constraints.allows(b, n)]
+    else:
+        blocks = [b for b in all_blocks(n) if b not in removed and constraints.allows(b, n)]
     if not blocks:
         raise QpruneError("no block may be removed under --only / --keep-first / --keep-last")
     return blocks
@@ -215,13 +235,15 @@ def oneshot_search(
     if metric not in ONESHOT_METRICS:
         raise QpruneError(f"--metric {metric}: the one-shot method ranks by {', '.join(ONESHOT_METRICS)}")
     start = time.perf_counter()
-    scan = scan_blocks(model, batch, progress=progress, ablation=metric in SEARCH_METRICS)
+    scan = scan_blocks(
+        model, batch, progress=progress, ablation=metric in SEARCH_METRICS, whole_layers=constraints.whole_layers
+    )
     removed = _initial(model)
     candidates = _candidates(model, removed, constraints)
     _check_reachable(target, candidates)
     budget = _Budget(target, model.config, removed)
     budget.check_any_fits(candidates)
-    importance = scan.importance(metric)
+    importance = scan.importance(metric, whole_layers=constraints.whole_layers)
     steps = []
     for block in sorted(candidates, key=lambda b: importance[b]):
         if budget.fits(block):
@@ -264,7 +286,8 @@ def _initial(model) -> set[Block]:
     return {(i, "attn") for i in config.pruned_attn_layers} | {(i, "mlp") for i in config.pruned_mlp_layers}
 
 
-def _plan(blocks: set[Block]) -> Plan:
+def _plan(candidates: set[Block]) -> Plan:
+    blocks = set().union(*map(expand, candidates))
     return Plan(attn=tuple(i for i, k in blocks if k == "attn"), mlp=tuple(i for i, k in blocks if k == "mlp"))
 
 
@@ -304,15 +327,14 @@ def auto_prune(
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
     if method not in METHODS:
         raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
-    if constraints.only not in (None, "attn", "mlp"):
-        raise QpruneError(f"--only {constraints.only}: choose attn or mlp")
     from .progress import as_progress
 
     progress = as_progress(progress)
     model, batch = load_for_measurement(source, spec, dtype, progress)
     if model.config.use_sliding_window and constraints.only != "mlp":
         raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: add --only mlp")
-    goal = f"{target.blocks} blocks" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
+    unit = "layers" if constraints.whole_layers else "blocks"
+    goal = f"{target.blocks} {unit}" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
     progress.note(f"searching ({method}): {goal}")
     result = search(model, batch, target, method, metric, constraints, progress=progress)
     del model  # the weights are copied from the files, not from memory

@@ -1,0 +1,150 @@
+"""`qprune export PRUNED DEST`: a pruned checkpoint as an exact stock Qwen3 that any engine loads.
+
+    result = export("qwen3-pruned", Path("qwen3-pruned-stock"))
+    print(result.summary())
+
+The output is `model_type: qwen3` with no code, so it loads in plain transformers, vLLM's native
+Qwen3, and the GGUF (llama.cpp) and MLX converters. It computes exactly what the pruned model
+computes:
+- a layer whose attention and MLP are both pruned is removed, and the layers after it renumbered
+  (`num_hidden_layers`, `layer_types`, `max_window_layers` follow);
+- a block pruned alone is written back as zeros. With its output projection zero it adds nothing to
+  the residual stream, which is what skipping it computes.
+
+Portability costs what the zero-filled blocks weigh and compute: a stock engine runs them and keeps
+their KV cache. The summary and the card give both checkpoints' bytes and the ideal speedups and KV
+share each keeps (`cost.py`); plans of whole layers (`prune --auto --whole-layers`) export at no cost.
+
+Like `prune`, it streams: headers are read, kept tensors are copied byte for byte under their new
+names, zeros are written for the rest, and the model is never built.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import report
+from .checkpoint import TensorEntry, write_shards
+from .cost import Shape, ideal_speedups, kept_blocks
+from .errors import QpruneError
+from .layout import expected_tensors
+from .output import atomic_output, check_output
+from .plan import Plan
+from .pruning import DEFAULT_MAX_SHARD_SIZE, inherited_files
+from .source import open_checkpoint, portable_name
+
+_QPRUNE_FIELDS = ("auto_map", "pruned_attn_layers", "pruned_mlp_layers", "qprune_base_model", "_name_or_path")
+_LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
+# What the card's ideal figures assume (bench's defaults): one sequence, a 512-token prompt, 64 new
+# tokens, 2-byte weights and cache.
+_IDEAL_AT = {"batch": 1, "prompt_len": 512, "new_tokens": 64, "dtype_bytes": 2}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    source: str
+    plan: Plan  # the pruned checkpoint's plan
+    num_layers: int  # before: the pruned checkpoint's layers
+    removed_layers: tuple[int, ...]  # layers with both blocks pruned: gone from the export
+    zero_blocks: Plan  # blocks pruned alone: zero-filled in the export
+    slim_bytes: int
+    export_bytes: int
+    ideal: dict  # {"slim": {...}, "export": {...}}: prefill and decode speedups, KV share vs the dense base
+
+    def summary(self) -> str:
+        return report.export_summary(self)
+
+
+def stock_config(config: dict, kept_layers: list[int]) -> dict:
+    """The pruned checkpoint's config.json as a plain Qwen3 with only `kept_layers` (renumbered)."""
+    out = {k: v for k, v in config.items() if k not in _QPRUNE_FIELDS}
+    out.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_layers=len(kept_layers))
+    if isinstance(config.get("layer_types"), list):
+        out["layer_types"] = [config["layer_types"][i] for i in kept_layers]
+    if isinstance(config.get("max_window_layers"), int):
+        out["max_window_layers"] = sum(1 for i in kept_layers if i < config["max_window_layers"])
+    return dict(sorted(out.items()))
+
+
+def _renamed(name: str, new_index: dict[int, int]) -> str:
+    match = _LAYER_PREFIX.match(name)
+    return name if match is None else f"model.layers.{new_index[int(match.group(1))]}.{name[match.end() :]}"
+
+
+def _export_tensors(checkpoint, kept_layers: list[int], zero_blocks: Plan) -> list[TensorEntry]:
+    """The export's tensors in layer order: kept ones copied under new names, zero-filled blocks as zeros
+    (in the dtype the same tensor has in kept layers, else the embedding's)."""
+    new_index = {old: new for new, old in enumerate(kept_layers)}
+    dtypes: dict[str, str] = {}
+    for name, entry in checkpoint.tensors.items():
+        dtypes.setdefault(_LAYER_PREFIX.sub("", name), entry.dtype)
+    default_dtype = checkpoint.tensors["model.embed_tokens.weight"].dtype
+    entries = []
+    for name, shape in expected_tensors(checkpoint.config).items():
+        match = _LAYER_PREFIX.match(name)
+        if match is not None and int(match.group(1)) not in new_index:
+            continue  # a removed layer
+        if name in checkpoint.tensors:
+            entries.append(checkpoint.tensors[name])
+        elif zero_blocks.prunes(name):
+            entries.append(TensorEntry.zeros(name, dtypes.get(_LAYER_PREFIX.sub("", name), default_dtype), shape))
+        # else: lm_head.weight of a tied checkpoint, which stays tied
+    return [TensorEntry(_renamed(e.name, new_index), e.file, e.dtype, e.shape, e.start, e.end) for e in entries]
+
+
+def _ideal(config: dict, plan: Plan) -> dict:
+    shape = Shape.from_config(config)
+    speedups = ideal_speedups(shape, Plan(), plan, **_IDEAL_AT)
+    attention, _ = kept_blocks(shape, plan)
+    return {"prefill": speedups.prefill, "decode": speedups.decode, "kv_share": attention / shape.layers}
+
+
+def export(
+    source: str, out: Path, *, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, force: bool = False
+) -> ExportResult:
+    """Write `source` (a qprune checkpoint) to `out` as a stock Qwen3 that computes the same function."""
+    out = Path(out).absolute()
+    if max_shard_size <= 0:
+        raise QpruneError(f"max_shard_size must be positive, not {max_shard_size}")
+    check_output(out, force, sources=[source])
+    checkpoint = open_checkpoint(source)
+    config = checkpoint.config
+    if config["model_type"] != "pruned_qwen3":
+        raise QpruneError(f"{source} is a stock Qwen3 already, not a qprune checkpoint: there is nothing to export")
+    if config.get("quantization_config") is not None:
+        raise QpruneError(f"{source} holds pre-quantized weights; export the unquantized checkpoint")
+    if config.get("use_sliding_window"):
+        raise QpruneError(f"{source} is a sliding-window Qwen3; exporting it is not supported")
+    plan, num_layers = checkpoint.plan, config["num_hidden_layers"]
+    removed = tuple(sorted(set(plan.attn) & set(plan.mlp)))
+    if len(removed) == num_layers:
+        raise QpruneError(f"{source} prunes every block of every layer; a Qwen3 needs at least one layer")
+    kept_layers = [i for i in range(num_layers) if i not in removed]
+    zero_blocks = Plan(tuple(set(plan.attn) - set(removed)), tuple(set(plan.mlp) - set(removed)))
+    entries = _export_tensors(checkpoint, kept_layers, zero_blocks)
+    inherited, _ = inherited_files(checkpoint.dir, checkpoint.files)
+    whole = Plan(removed, removed)
+    result = ExportResult(
+        out,
+        source,
+        plan,
+        num_layers,
+        removed,
+        zero_blocks,
+        slim_bytes=sum(e.nbytes for e in checkpoint.tensors.values()),
+        export_bytes=sum(e.nbytes for e in entries),
+        ideal={"slim": _ideal(config, plan), "export": _ideal(config, whole)},
+    )
+    base_model = portable_name(config.get("qprune_base_model", source))
+    with atomic_output(out, force, sources=[checkpoint.dir, *checkpoint.files]) as tmp:
+        write_shards(entries, tmp, max_shard_size)
+        (tmp / "config.json").write_text(json.dumps(stock_config(config, kept_layers), indent=2) + "\n")
+        for path in inherited:
+            shutil.copyfile(path, tmp / path.name)
+        (tmp / "README.md").write_text(report.export_card(result, base_model, _IDEAL_AT))
+    return result
