@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import qprune
+import qprune.memory
 from qprune.cost import shape_named
 from qprune.demo import EMBEDDED_MODEL
 from qprune.evaluate import run_eval
@@ -76,7 +77,7 @@ model = qprune.load(sys.argv[1], quantize=sys.argv[2] or None)
 with torch.no_grad():
     model(torch.ones(1, 16, dtype=torch.long))  # bitsandbytes repacks 4-bit weights for CPUs here
 gc.collect()
-qprune.loading.return_freed_memory()  # what the model holds, not what the allocator keeps for reuse
+qprune.memory.return_freed_memory()  # what the model holds, not what the allocator keeps for reuse
 added = {key: status(key) - value for key, value in before.items()}
 print(json.dumps({"params": parameter_bytes(model), "peak": status("VmHWM") - before["VmRSS"], **added}))
 """

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from .cost import Shape, ideal_speedups, kv_bytes, shape_named
 from .errors import QpruneError
-from .loading import return_freed_memory
+from .memory import return_freed_memory
 from .plan import Plan
 from .precision import resolve_auto
 from .progress import Progress, as_progress

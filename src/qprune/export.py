@@ -57,7 +57,7 @@ class ExportResult:
     ideal: dict  # {"slim": {...}, "export": {...}}: prefill and decode speedups, KV share vs the dense base
 
     def summary(self) -> str:
-        return report.export_summary(self)
+        return summary(self)
 
 
 def stock_config(config: dict, kept_layers: list[int]) -> dict:
@@ -146,5 +146,74 @@ def export(
         (tmp / "config.json").write_text(json.dumps(stock_config(config, kept_layers), indent=2) + "\n")
         for path in inherited:
             shutil.copyfile(path, tmp / path.name)
-        (tmp / "README.md").write_text(report.export_card(result, base_model, _IDEAL_AT))
+        (tmp / "README.md").write_text(card(result, base_model, _IDEAL_AT))
     return result
+
+
+# -- what the summary and the card say -------------------------------------------------------------
+
+
+def _cost_rows(result: ExportResult) -> list[tuple[str, str, str]]:
+    slim, stock = result.ideal["slim"], result.ideal["export"]
+    return [
+        ("bytes", report.human_bytes(result.slim_bytes), report.human_bytes(result.export_bytes)),
+        ("layers", str(result.num_layers), str(result.num_layers - len(result.removed_layers))),
+        ("ideal prefill speedup", f"{slim['prefill']:.2f}x", f"{stock['prefill']:.2f}x"),
+        ("ideal decode speedup", f"{slim['decode']:.2f}x", f"{stock['decode']:.2f}x"),
+        ("KV cache (share of the base's)", f"{slim['kv_share']:.0%}", f"{stock['kv_share']:.0%}"),
+    ]
+
+
+def summary(result: ExportResult) -> str:
+    removed = report.format_layers(result.removed_layers)
+    lines = [
+        f"exported {result.source} as a stock Qwen3 -> {result.out}",
+        f"layers removed (both blocks pruned): {removed}; blocks zero-filled: {result.zero_blocks}",
+        f"{'':<31}{'qprune checkpoint':>18}{'stock Qwen3':>14}",
+    ]
+    lines += [f"{name:<31}{slim:>18}{stock:>14}" for name, slim, stock in _cost_rows(result)]
+    if result.zero_blocks.num_blocks:
+        lines.append(
+            "zero-filled blocks still run and hold KV cache in a stock engine; plans of whole layers "
+            "(prune --auto --whole-layers) export at no cost, or serve the qprune checkpoint with vLLM"
+        )
+    return "\n".join(lines)
+
+
+def card(result: ExportResult, base_model: str, ideal_at: dict) -> str:
+    is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
+    rows = "\n".join(f"| {name} | {slim} | {stock} |" for name, slim, stock in _cost_rows(result))
+    return f"""\
+---
+{f"base_model: {base_model}" + chr(10) if is_hub_id else ""}library_name: transformers
+tags: [qprune, pruned, qwen3]
+---
+
+# {result.out.name}
+
+`{base_model}` pruned by qprune ({result.plan}) and exported as a stock Qwen3: `model_type: qwen3`,
+no custom code. It loads in transformers, vLLM and the GGUF / MLX converters as any Qwen3 does, and
+computes exactly what the pruned model computes:
+
+- layers removed (attention and MLP both pruned), the rest renumbered: {report.format_layers(result.removed_layers)}
+- blocks pruned alone, stored as zeros (a zero output projection adds nothing): {result.zero_blocks}
+
+## What portability costs
+
+Against the qprune checkpoint it was exported from. Ideal speedups are against the dense base, from the
+plan's FLOPs (prefill) and bytes read (decode), at batch {ideal_at["batch"]}, a {ideal_at["prompt_len"]}-token
+prompt and {ideal_at["new_tokens"]} new tokens in 16-bit weights: a stock engine runs the zero-filled
+blocks, so only removed layers save compute and KV cache here.
+
+| | qprune checkpoint | this export |
+|---|---|---|
+{rows}
+
+```python
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{result.out.name}")
+```
+
+Load in bfloat16 or float32: Qwen3 overflows in float16.
+"""

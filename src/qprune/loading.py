@@ -11,12 +11,11 @@ model class checks this itself; transformers would fill it with random values).
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import QpruneError
+from .memory import return_freed_memory
 from .source import open_checkpoint, read_qwen3_config
 
 if TYPE_CHECKING:
@@ -99,14 +98,3 @@ def load(
     if quantize is not None:
         return_freed_memory()
     return model.eval()
-
-
-def return_freed_memory() -> None:
-    """Hand memory that Python freed back to the OS (glibc only). Quantizing while loading frees each
-    weight's unquantized copy, and glibc keeps such memory for the process: about 0.6 GB after an
-    int8 load of a Qwen3-0.6B (benchmarks/quant_table.py)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-            pass

@@ -59,7 +59,7 @@ class PruneResult:
     left_out: tuple[str, ...] = ()  # files of the source that do not belong in a model directory
 
     def summary(self) -> str:
-        return report.summary(self)
+        return summary(self)
 
 
 def pruned_config(config: dict, plan: Plan, base_model: str) -> dict:
@@ -139,5 +139,83 @@ def prune(
             shutil.copyfile(path, tmp / path.name)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search, indent=2) + "\n")
-        (tmp / "README.md").write_text(report.model_card(result, base_model, search))
+        (tmp / "README.md").write_text(model_card(result, base_model, search))
     return result
+
+
+# -- what the summary and the card say -------------------------------------------------------------
+
+
+def _change(before: int, after: int) -> str:
+    return f"{(after - before) / before:+.1%}" if before else "n/a"
+
+
+def summary(result: PruneResult) -> str:
+    blocks = 2 * result.num_layers
+    return "\n".join(
+        [
+            f"pruned {result.added.num_blocks} blocks ({result.added}) -> {result.out}",
+            f"blocks pruned in total: {result.plan.num_blocks} of {blocks} ({result.plan})",
+            f"parameters: {result.params_before:,} -> {result.params_after:,} "
+            f"({_change(result.params_before, result.params_after)})",
+            f"bytes:      {report.human_bytes(result.bytes_before)} -> {report.human_bytes(result.bytes_after)} "
+            f"({_change(result.bytes_before, result.bytes_after)})",
+        ]
+        + ([f"left out (not part of a model directory): {', '.join(result.left_out)}"] if result.left_out else [])
+    )
+
+
+_CARD = """\
+---
+{front_matter}library_name: transformers
+tags: [qprune, pruned, qwen3]
+---
+
+# {name}
+
+`{base_model}` with {pruned} of {blocks} transformer blocks pruned by qprune. A pruned block is skipped:
+the residual stream carries the signal past it, exactly as if its output projection were zero.
+
+- Attention blocks pruned (layers): {attn}
+- MLP blocks pruned (layers): {mlp}
+
+| | before | after | change |
+|---|---|---|---|
+| parameters | {params_before:,} | {params_after:,} | {params_change} |
+| bytes | {bytes_before} | {bytes_after} | {bytes_change} |
+
+## How to load
+
+With transformers alone (the modeling code ships in this directory):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+```
+
+With qprune installed, no remote code is needed: `model = qprune.load("{name}")`.
+
+Pruned tensors are absent from the weights and from the loaded model; any other missing tensor is an
+error. Load in bfloat16 or float32: Qwen3 overflows in float16.
+"""
+
+
+def model_card(result: PruneResult, base_model: str, search: dict | None = None) -> str:
+    is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
+    return _CARD.format(
+        front_matter=f"base_model: {base_model}\n" if is_hub_id else "",
+        name=result.out.name,
+        base_model=base_model,
+        pruned=result.plan.num_blocks,
+        blocks=2 * result.num_layers,
+        attn=report.format_layers(result.plan.attn),
+        mlp=report.format_layers(result.plan.mlp),
+        params_before=result.params_before,
+        params_after=result.params_after,
+        params_change=_change(result.params_before, result.params_after),
+        bytes_before=report.human_bytes(result.bytes_before),
+        bytes_after=report.human_bytes(result.bytes_after),
+        bytes_change=_change(result.bytes_before, result.bytes_after),
+    ) + ("\n" + report.search_section(search) if search else "")

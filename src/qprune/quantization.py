@@ -145,7 +145,7 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
             owner = model.get_submodule(parent)
             setattr(owner, child, _bitsandbytes_linear(getattr(owner, child), spec.name, compute_dtype))
     model.qprune_quantized = spec.name
-    from .loading import return_freed_memory
+    from .memory import return_freed_memory
 
     return_freed_memory()
     return model
