@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from qprune.bench import BenchSettings, run_bench
+from qprune.measure.bench import BenchSettings, run_bench
 from qprune.plan import Plan
 
 PLANS = {

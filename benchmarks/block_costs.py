@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from qprune.bench import _Runner, random_pair
 from qprune.cost import QWEN3_SHAPES, decode_bytes_per_step, prefill_flops_per_token
+from qprune.measure.bench import _Runner, random_pair
 from qprune.plan import Plan
 
 SHAPE = QWEN3_SHAPES["qwen3-0.6b"]

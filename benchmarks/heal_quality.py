@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 import qprune
-from qprune.demo import EMBEDDED_MODEL
-from qprune.heal import HealSettings, heal
+from qprune.cli.demo import EMBEDDED_MODEL
+from qprune.healing.distill import HealSettings, heal
 from qprune.plan import Plan
 
 PLAN = Plan(attn=(4,), mlp=(1, 2, 3))

@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 import qprune
-import qprune.memory
+import qprune.runtime.memory
+from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.cost import shape_named
-from qprune.demo import EMBEDDED_MODEL
-from qprune.evaluate import run_eval
+from qprune.measure.evaluate import run_eval
 from qprune.plan import Plan
-from qprune.quantization import MODES
-from qprune.report import human_bytes
+from qprune.runtime.quantize import MODES
+from qprune.words import human_bytes
 
 EMBEDDED_PLAN = Plan(attn=(4,), mlp=(1, 2, 3))
 SHAPE_PLAN = Plan.parse("20-26", "20-26")
@@ -64,20 +64,20 @@ def quality(modes: list[str | None]) -> None:
 
 _LOAD_AND_MEASURE = """
 import gc, json, sys, torch, qprune
-from qprune.quantization import parameter_bytes
+from qprune.runtime.quantize import parameter_bytes
 
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-import transformers, qprune.loading, qprune.quantization  # imported before the baseline is read
+import transformers, qprune.runtime.load, qprune.runtime.quantize  # imported before the baseline is read
 before = {key: status(key) for key in ("RssAnon", "RssFile", "VmRSS")}
 model = qprune.load(sys.argv[1], quantize=sys.argv[2] or None)
 with torch.no_grad():
     model(torch.ones(1, 16, dtype=torch.long))  # bitsandbytes repacks 4-bit weights for CPUs here
 gc.collect()
-qprune.memory.return_freed_memory()  # what the model holds, not what the allocator keeps for reuse
+qprune.runtime.memory.return_freed_memory()  # what the model holds, not what the allocator keeps for reuse
 added = {key: status(key) - value for key, value in before.items()}
 print(json.dumps({"params": parameter_bytes(model), "peak": status("VmHWM") - before["VmRSS"], **added}))
 """

@@ -19,10 +19,10 @@ import sys
 WORK = r"""
 import sys, time, torch
 import qprune
-from qprune.data import DataSpec, load_token_batches
-from qprune.demo import EMBEDDED_MODEL
-from qprune.generate import complete, load_with_tokenizer
-from qprune.scan import one_pass_metrics
+from qprune.measure.data import DataSpec, load_token_batches
+from qprune.cli.demo import EMBEDDED_MODEL
+from qprune.runtime.generate import complete, load_with_tokenizer
+from qprune.measure.scan import one_pass_metrics
 
 model, tokenizer = load_with_tokenizer(EMBEDDED_MODEL, dtype=torch.float32)
 batch = load_token_batches(DataSpec(samples=16, seq_len=256), tokenizer)

@@ -10,13 +10,13 @@ import torch
 from conftest import save_tiny_qwen3
 from typer.testing import CliRunner
 
-from qprune.bench import BenchSettings, measure, random_pair, run_bench
-from qprune.cli import app
+from qprune.cli.app import app
 from qprune.cost import QWEN3_SHAPES, IdealSpeedups, Shape, ideal_speedups, kv_bytes, parameter_count
-from qprune.loading import load
+from qprune.measure.bench import BenchSettings, measure, random_pair, run_bench
+from qprune.ops.prune import prune
 from qprune.plan import Plan
-from qprune.precision import auto_dtype
-from qprune.pruning import prune
+from qprune.runtime.load import load
+from qprune.runtime.precision import auto_dtype
 
 runner = CliRunner()
 HAND = Shape(hidden=4, intermediate=8, layers=2, heads=2, kv_heads=1, head_dim=2, vocab=10, tied=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qprune.pruning import MODELING_DIR, MODELING_FILES
+from qprune.ops.prune import MODELING_DIR, MODELING_FILES
 
 ALLOWED = {"torch", "transformers", "__future__"}
 

@@ -5,14 +5,14 @@ import sys
 
 from typer.testing import CliRunner
 
-from qprune.cli import app, parse_size
-from qprune.demo import EMBEDDED_MODEL, default_block_count
+from qprune.cli.app import app, parse_size
+from qprune.cli.demo import EMBEDDED_MODEL, default_block_count
 
 runner = CliRunner()
 
 
 def test_help_does_not_import_torch_or_transformers():
-    code = "import sys, qprune.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = "import sys, qprune.cli.app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert runner.invoke(app, ["--help"]).exit_code == 0
@@ -38,7 +38,7 @@ def test_generate_uses_the_chat_template(tmp_path):
 
     from transformers import AutoTokenizer
 
-    from qprune.generate import complete, load_with_tokenizer
+    from qprune.runtime.generate import complete, load_with_tokenizer
 
     shutil.copytree(EMBEDDED_MODEL, tmp_path / "chat")
     (tmp_path / "chat" / "chat_template.jinja").write_text("USER: {{ messages[0]['content'] }}\nASSISTANT:")

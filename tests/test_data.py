@@ -8,10 +8,10 @@ import torch
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from qprune.cli import app
-from qprune.data import CALIBRATION_TEXT, HELDOUT_TEXT, DataSpec, load_token_batches
-from qprune.demo import EMBEDDED_MODEL
+from qprune.cli.app import app
+from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
+from qprune.measure.data import CALIBRATION_TEXT, HELDOUT_TEXT, DataSpec, load_token_batches
 
 TEXT = "The list type is a mutable sequence.\nTuples are immutable sequences.\n" * 40
 

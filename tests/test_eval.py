@@ -12,13 +12,13 @@ import torch
 from conftest import VOCAB, oracle, save_tiny_qwen3
 from typer.testing import CliRunner
 
-from qprune.cli import app
-from qprune.demo import EMBEDDED_MODEL
+from qprune.cli.app import app
+from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
-from qprune.evaluate import perplexity, windows
-from qprune.loading import load
+from qprune.measure.evaluate import perplexity, windows
+from qprune.ops.prune import prune
 from qprune.plan import Plan
-from qprune.pruning import prune
+from qprune.runtime.load import load
 
 runner = CliRunner()
 
@@ -117,7 +117,7 @@ def test_eval_bad_input(pruned_embedded, args, message):
 def test_eval_refuses_a_base_with_another_vocabulary(pruned_embedded, tmp_path):
     other = save_tiny_qwen3(tmp_path / "tiny")
     with pytest.raises(QpruneError, match="different vocabularies"):
-        from qprune.evaluate import run_eval
+        from qprune.measure.evaluate import run_eval
 
         run_eval(str(pruned_embedded), base=str(other))
 

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import qprune
-from qprune.cli import app
+from qprune.cli.app import app
 from qprune.errors import QpruneError
-from qprune.export import export
+from qprune.ops.export import export
 from qprune.plan import Plan
 
 PLANS = {

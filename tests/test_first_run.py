@@ -12,12 +12,13 @@ import torch
 from typer.testing import CliRunner
 
 import qprune
-from qprune import precision, progress
-from qprune.cli import app
-from qprune.demo import EMBEDDED_MODEL, free_output_dir
+from qprune import progress
+from qprune.cli.app import app
+from qprune.cli.demo import EMBEDDED_MODEL, free_output_dir
+from qprune.io.source import portable_name
 from qprune.plan import Plan
-from qprune.precision import auto_dtype, resolve_auto
-from qprune.source import portable_name
+from qprune.runtime import precision
+from qprune.runtime.precision import auto_dtype, resolve_auto
 
 runner = CliRunner()
 

@@ -14,15 +14,15 @@ import torch
 from typer.testing import CliRunner
 
 import qprune
-from qprune.checkpoint import read_checkpoint
-from qprune.cli import app
-from qprune.data import DataSpec
-from qprune.demo import EMBEDDED_MODEL
+from qprune.cli.app import app
+from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
-from qprune.heal import HealSettings, heal, kd_loss
-from qprune.lora import lora_config, pruned_modules
+from qprune.healing.distill import HealSettings, heal, kd_loss
+from qprune.healing.lora import lora_config, pruned_modules
+from qprune.io.safetensors import read_checkpoint
+from qprune.measure.data import DataSpec
+from qprune.measure.verify import verify
 from qprune.plan import Plan
-from qprune.verification import verify
 
 peft = pytest.importorskip("peft", reason="peft is in the test extra; without it LoRA cannot be tested")
 runner = CliRunner()

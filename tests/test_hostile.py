@@ -25,9 +25,9 @@ import pytest
 from typer.testing import CliRunner
 
 import qprune
-from qprune.checkpoint import read_checkpoint
-from qprune.cli import app
+from qprune.cli.app import app
 from qprune.errors import QpruneError
+from qprune.io.safetensors import read_checkpoint
 from qprune.plan import Plan
 
 runner = CliRunner()
@@ -384,8 +384,8 @@ def test_symlinked_output_is_written_through(tmp_path, src):
 DRIVER = """
 import os, signal, sys, time
 from pathlib import Path
-import qprune.checkpoint as checkpoint
-from qprune.cli import main
+import qprune.io.safetensors as checkpoint
+from qprune.cli.app import main
 
 action, argv = sys.argv[1], sys.argv[2:]
 copy, calls = checkpoint._append_bytes, [0]

@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 
 import qprune
 from qprune import PrunedQwen3ForCausalLM
-from qprune.checkpoint import read_checkpoint
 from qprune.errors import QpruneError
-from qprune.loading import load_config
+from qprune.io.safetensors import read_checkpoint
 from qprune.modeling.modeling_pruned_qwen3 import MissingTensorsError
 from qprune.plan import Plan
+from qprune.runtime.load import load_config
 
 PLAN = Plan(attn=(0, 3), mlp=(1,))
 

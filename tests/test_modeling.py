@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from transformers import Qwen3ForCausalLM
 
 from qprune import PrunedQwen3DecoderLayer, PrunedQwen3ForCausalLM
-from qprune.loading import load_config
+from qprune.measure.verify import filled_cache_slots, max_score_delta
 from qprune.plan import Plan
-from qprune.verification import filled_cache_slots, max_score_delta
+from qprune.runtime.load import load_config
 
 PLANS = {
     "layer0-attn": Plan(attn=(0,)),

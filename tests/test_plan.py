@@ -2,10 +2,11 @@ import json
 
 import pytest
 
+from qprune.arch.qwen3 import tensor_block
 from qprune.errors import QpruneError
 from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
 from qprune.modeling.configuration_pruned_qwen3 import tensor_block as modeling_tensor_block
-from qprune.plan import Plan, tensor_block
+from qprune.plan import Plan
 
 NAMES = [
     "model.layers.0.self_attn.q_proj.weight",

@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import qprune
-from qprune.cli import app
-from qprune.demo import EMBEDDED_MODEL
-from qprune.evaluate import perplexity
-from qprune.generate import complete
-from qprune.loading import load_tokenizer
-from qprune.precision import Float16Warning, NonFiniteLogitsError, choose_dtype, find_overflow
+from qprune.cli.app import app
+from qprune.cli.demo import EMBEDDED_MODEL
+from qprune.measure.evaluate import perplexity
+from qprune.runtime.generate import complete
+from qprune.runtime.load import load_tokenizer
+from qprune.runtime.precision import Float16Warning, NonFiniteLogitsError, choose_dtype, find_overflow
 
 
 @pytest.fixture(scope="module")

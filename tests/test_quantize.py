@@ -17,11 +17,11 @@ from transformers import Qwen3ForCausalLM
 from typer.testing import CliRunner
 
 import qprune
-from qprune.cli import app
+from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.modeling.modeling_pruned_qwen3 import PrunedLinear
 from qprune.plan import Plan
-from qprune.quantization import MODES, parameter_bytes, quantize
+from qprune.runtime.quantize import MODES, parameter_bytes, quantize
 
 PLAN = Plan(attn=(0, 2), mlp=(1,))
 CPU_MODES = ["int8", "nf4", "torchao-int8"]
@@ -60,7 +60,7 @@ def pruned(base, tmp_path_factory):
 
 
 def stock_oracle(base, mode: str):
-    """Written with transformers' own configs, independently of qprune.quantization: stock Qwen3,
+    """Written with transformers' own configs, independently of qprune.runtime.quantize: stock Qwen3,
     quantized except lm_head and the zeroed projections (a zero weight has no scale to quantize it
     with; left in float32 it adds exact zeros)."""
     zeroed = [f"model.layers.{i}.self_attn.o_proj" for i in PLAN.attn]
@@ -233,7 +233,7 @@ def test_torchao_int4_on_a_cpu_is_refused_with_the_alternatives(pruned):
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
 def test_torchao_int4_on_cuda(tmp_path):
     # The embedded model: its widths (256, 768) are multiples of int4's group size, 128.
-    from qprune.demo import EMBEDDED_MODEL
+    from qprune.cli.demo import EMBEDDED_MODEL
 
     qprune.prune(str(EMBEDDED_MODEL), tmp_path / "pruned", Plan(attn=(4,), mlp=(1, 2, 3)))
     checks = qprune.verify(str(tmp_path / "pruned"), str(EMBEDDED_MODEL), quantize="torchao-int4")
@@ -272,7 +272,7 @@ def test_goals_on_the_embedded_model(tmp_path):
     """The issue's goals: pruned by 4 blocks, int8 perplexity within 2% of the unquantized pruned
     model's and nf4 within 10% (on the first 20k held-out tokens, for time), both generate text, and
     the quantized parameter bytes are printed."""
-    from qprune.demo import EMBEDDED_MODEL
+    from qprune.cli.demo import EMBEDDED_MODEL
 
     out = tmp_path / "pruned"
     qprune.prune(str(EMBEDDED_MODEL), out, Plan(attn=(4,), mlp=(1, 2, 3)))  # the plan --auto chose

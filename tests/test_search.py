@@ -11,16 +11,16 @@ from transformers import Qwen3ForCausalLM
 from typer.testing import CliRunner
 
 from qprune import load
-from qprune.ablation import BlockRunner, FullForwardRunner, all_blocks
-from qprune.cli import app
+from qprune.cli.app import app
+from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.cost import Shape, block_parameters
-from qprune.data import DataSpec, load_token_batches
-from qprune.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
+from qprune.measure.ablation import BlockRunner, FullForwardRunner, all_blocks
+from qprune.measure.data import DataSpec, load_token_batches
+from qprune.measure.scan import METRICS, scan_blocks
+from qprune.measure.search import Constraints, Target, greedy_search, oneshot_search
+from qprune.ops.prune import prune
 from qprune.plan import Plan
-from qprune.pruning import prune
-from qprune.scan import METRICS, scan_blocks
-from qprune.search import Constraints, Target, greedy_search, oneshot_search
 
 USELESS = (4, "attn")  # naturally a middling block of the embedded model (ranks 2-6 of 12)
 SMALL = DataSpec(samples=8, seq_len=256)  # enough text that every real block matters
@@ -313,7 +313,7 @@ def test_scan_and_auto_prune_rank_whole_layers(useless_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     assert config["pruned_attn_layers"] == config["pruned_mlp_layers"] and len(config["pruned_mlp_layers"]) == 2
-    from qprune.export import export
+    from qprune.ops.export import export
 
     exported = export(str(tmp_path / "w"), tmp_path / "stock")
     assert exported.export_bytes == exported.slim_bytes and exported.zero_blocks.num_blocks == 0

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import qprune
-from qprune.checkpoint import read_checkpoint
-from qprune.cli import app
+from qprune.cli.app import app
+from qprune.io.safetensors import read_checkpoint
 from qprune.plan import Plan
 
 runner = CliRunner()

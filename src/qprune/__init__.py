@@ -24,15 +24,15 @@ _LAZY = {
     "PrunedQwen3ForCausalLM": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3Model": "qprune.modeling.modeling_pruned_qwen3",
     "Plan": "qprune.plan",
-    "HealSettings": "qprune.heal",
+    "HealSettings": "qprune.healing.distill",
     "QpruneError": "qprune.errors",
-    "heal": "qprune.heal",
-    "load": "qprune.loading",
-    "lora_config": "qprune.lora",
-    "pruned_modules": "qprune.lora",
-    "prune": "qprune.pruning",
-    "quantize": "qprune.quantization",
-    "verify": "qprune.verification",
+    "heal": "qprune.healing.distill",
+    "load": "qprune.runtime.load",
+    "lora_config": "qprune.healing.lora",
+    "pruned_modules": "qprune.healing.lora",
+    "prune": "qprune.ops.prune",
+    "quantize": "qprune.runtime.quantize",
+    "verify": "qprune.measure.verify",
 }
 __all__ = [
     "HealSettings",
@@ -53,21 +53,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .errors import QpruneError
-    from .heal import HealSettings, heal
-    from .loading import load
-    from .lora import lora_config, pruned_modules
-    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-    from .modeling.modeling_pruned_qwen3 import (
+    from qprune.errors import QpruneError
+    from qprune.healing.distill import HealSettings, heal
+    from qprune.healing.lora import lora_config, pruned_modules
+    from qprune.measure.verify import verify
+    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
+    from qprune.modeling.modeling_pruned_qwen3 import (
         PrunedLinear,
         PrunedQwen3DecoderLayer,
         PrunedQwen3ForCausalLM,
         PrunedQwen3Model,
     )
-    from .plan import Plan
-    from .pruning import prune
-    from .quantization import quantize
-    from .verification import verify
+    from qprune.ops.prune import prune
+    from qprune.plan import Plan
+    from qprune.runtime.load import load
+    from qprune.runtime.quantize import quantize
 
 
 def __getattr__(name: str):

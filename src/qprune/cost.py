@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import QpruneError
-from .plan import Plan
+from qprune.errors import QpruneError
+from qprune.plan import Plan
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """Pruning plans: which layers lose their attention block and which their MLP block.
 
-A block's tensors are fixed by Qwen3's layout: the attention block is `self_attn.*` plus
-`input_layernorm`, the MLP block is `mlp.*` plus `post_attention_layernorm`. `Plan.prunes(name)`
+Which tensors make up a block is the architecture's business (`arch/qwen3.py`); `Plan.prunes(name)`
 answers for one tensor name, which is all the streaming pruner needs.
 
     plan = Plan.parse(attn="0,5", mlp="3,20-23")  # as typed on the command line
@@ -18,23 +17,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QpruneError
+from qprune.arch.qwen3 import tensor_block
+from qprune.errors import QpruneError
 
-# Mirrors `tensor_block` in modeling/configuration_pruned_qwen3.py, which must stay free of qprune
-# imports because it is copied into checkpoints; tests/test_plan.py checks that the two agree.
-_LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|input_layernorm|mlp|post_attention_layernorm)\.")
-_ATTN_SUBMODULES = ("self_attn", "input_layernorm")
 # No Qwen3 comes near this; a range is checked against it before it is expanded (`0-100000000000`
 # would otherwise take gigabytes), and against the model's own depth by `Plan.validate`.
 MAX_LAYERS = 10_000
-
-
-def tensor_block(name: str) -> tuple[int, str] | None:
-    """The block a tensor belongs to, as (layer, "attn" | "mlp"), or None for tensors outside blocks."""
-    match = _LAYER_TENSOR.search(name)
-    if match is None:
-        return None
-    return int(match.group(1)), "attn" if match.group(2) in _ATTN_SUBMODULES else "mlp"
 
 
 def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:

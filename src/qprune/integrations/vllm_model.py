@@ -36,8 +36,7 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.transformers_utils.config import set_default_rope_theta
 
-from qprune.layout import expected_tensors
-from qprune.plan import tensor_block
+from qprune.arch.qwen3 import expected_tensors, tensor_block
 
 
 class PrunedQwen3DecoderLayer(nn.Module):

@@ -23,11 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import read_checkpoint
-from .loading import load, load_config
-from .plan import Plan
-from .precision import overflow_message
-from .source import read_qwen3_config, resolve_model_dir
+from qprune.arch.qwen3 import OUTPUT_PROJECTIONS
+from qprune.io.safetensors import read_checkpoint
+from qprune.io.source import read_qwen3_config, resolve_model_dir
+from qprune.plan import Plan
+from qprune.runtime.load import load, load_config
+from qprune.runtime.precision import overflow_message
 
 HEAL_REPORT = "qprune_heal.json"  # written by heal.py, which imports far more than verification needs
 LOGITS_TOLERANCE = 1e-5
@@ -68,7 +69,7 @@ def check_keys(model_dir: Path, base_dir: Path | None) -> Check:
     else:
         import torch
 
-        from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+        from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
 
         with torch.device("meta"):
             model = PrunedQwen3ForCausalLM(load_config(model_dir))
@@ -96,14 +97,14 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from .quantization import quantization_config
+    from qprune.runtime.quantize import quantization_config
 
     base_plan = Plan.from_config(read_qwen3_config(base_dir))
-    zeroed_attn, zeroed_mlp = set(plan.attn) - set(base_plan.attn), set(plan.mlp) - set(base_plan.mlp)
+    blocks = [(i, "attn") for i in set(plan.attn) - set(base_plan.attn)]
+    blocks += [(i, "mlp") for i in set(plan.mlp) - set(base_plan.mlp)]
+    zeroed = [f"model.layers.{i}.{OUTPUT_PROJECTIONS[kind]}" for i, kind in sorted(blocks)]
     kwargs = {}
     if quantize is not None:
-        zeroed = [f"model.layers.{i}.self_attn.o_proj" for i in sorted(zeroed_attn)]
-        zeroed += [f"model.layers.{i}.mlp.down_proj" for i in sorted(zeroed_mlp)]
         kwargs["quantization_config"] = quantization_config(
             quantize, load_config(base_dir), torch.float32, also_skip=zeroed, on_cuda=torch.cuda.is_available()
         )
@@ -112,10 +113,8 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
     else:
         oracle = Qwen3ForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True, **kwargs)
     with torch.no_grad():
-        for i in zeroed_attn:
-            oracle.model.layers[i].self_attn.o_proj.weight.zero_()
-        for i in zeroed_mlp:
-            oracle.model.layers[i].mlp.down_proj.weight.zero_()
+        for name in zeroed:
+            oracle.get_submodule(name).weight.zero_()
     return oracle.eval()
 
 
@@ -216,8 +215,8 @@ def check_params(model, model_dir: Path) -> Check:
         return Check("params", f"loaded model holds {held:,} parameters, checkpoint stores {stored:,}", held == stored)
     from torch import nn
 
-    from .modeling.modeling_pruned_qwen3 import PrunedLinear
-    from .quantization import describe
+    from qprune.modeling.modeling_pruned_qwen3 import PrunedLinear
+    from qprune.runtime.quantize import describe
 
     kinds = (nn.Linear, PrunedLinear)
     linears = {name: m for name, m in model.named_modules() if isinstance(m, kinds) and name != "lm_head"}

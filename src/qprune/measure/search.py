@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .ablation import Block, BlockRunner, FullForwardRunner, all_blocks, expand
-from .cost import Shape, block_parameters
-from .errors import QpruneError
-from .plan import Plan
+from qprune.cost import Shape, block_parameters
+from qprune.errors import QpruneError
+from qprune.measure.ablation import Block, BlockRunner, FullForwardRunner, all_blocks, expand
+from qprune.plan import Plan
 
 if TYPE_CHECKING:
-    from .progress import Progress
+    from qprune.progress import Progress
 
 METHODS = ("greedy", "oneshot")
 SEARCH_METRICS = ("nll", "kl")
@@ -230,7 +230,7 @@ def oneshot_search(
     model, batch, target: Target, metric: str = "cosine", constraints: Constraints = Constraints(), *, progress=None
 ) -> SearchResult:
     """Score every block once (a scan) and remove the least important that the target allows."""
-    from .scan import scan_blocks
+    from qprune.measure.scan import scan_blocks
 
     if metric not in ONESHOT_METRICS:
         raise QpruneError(f"--metric {metric}: the one-shot method ranks by {', '.join(ONESHOT_METRICS)}")
@@ -320,17 +320,19 @@ def auto_prune(
     report in it. Returns (PruneResult, SearchResult)."""
     from pathlib import Path
 
-    from .generate import load_for_measurement
-    from .output import check_output
-    from .pruning import DEFAULT_MAX_SHARD_SIZE, prune
+    from qprune.io.output import check_output
+    from qprune.io.source import resolve_model_dir
+    from qprune.measure.data import load_for_measurement
+    from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
 
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
     if method not in METHODS:
         raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
-    from .progress import as_progress
+    from qprune.progress import as_progress
 
     progress = as_progress(progress)
-    model, batch = load_for_measurement(source, spec, dtype, progress)
+    model_dir = str(resolve_model_dir(source))  # once: a hub id is looked up here, not again below
+    model, batch = load_for_measurement(model_dir, spec, dtype, progress)
     if model.config.use_sliding_window and constraints.only != "mlp":
         raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: add --only mlp")
     unit = "layers" if constraints.whole_layers else "blocks"
@@ -340,7 +342,7 @@ def auto_prune(
     del model  # the weights are copied from the files, not from memory
     report = {"model": source, "data": spec.describe(), "dtype": dtype, **result.to_dict()}
     pruned = prune(
-        source,
+        model_dir,
         Path(out),
         result.plan,
         max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,

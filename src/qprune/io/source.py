@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import TensorEntry, read_checkpoint
-from .errors import QpruneError
-from .layout import check_complete
-from .plan import Plan
+from qprune.arch.qwen3 import config_field, expected_tensors, tensor_block
+from qprune.errors import QpruneError
+from qprune.io.safetensors import TensorEntry, read_checkpoint
+from qprune.plan import Plan
 
 QWEN3_TYPES = ("qwen3", "pruned_qwen3")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -148,3 +148,28 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     tensors = read_checkpoint(model_dir)
     check_complete(config, tensors, Plan.from_config(config), model_dir)
     return Checkpoint(model_dir, config, tensors)
+
+
+def check_complete(config: dict, tensors: dict[str, TensorEntry], plan: Plan, where: str | Path) -> None:
+    """Refuse a checkpoint that lacks a tensor the plan keeps, holds one of the wrong shape, or holds
+    layers beyond `num_hidden_layers`."""
+    num_layers = config["num_hidden_layers"]
+    for name in tensors:
+        block = tensor_block(name)
+        if block is not None and block[0] >= num_layers:
+            raise QpruneError(
+                f"{where} holds {name}, of layer {block[0]}, but its config.json says it has {num_layers} layers"
+            )
+    if config.get("quantization_config") is not None:
+        return  # pre-quantized weights are packed under other names and shapes
+    tied = config_field(config, "tie_word_embeddings")
+    for name, shape in expected_tensors(config).items():
+        if plan.prunes(name) or (tied and name == "lm_head.weight" and name not in tensors):
+            continue
+        if name not in tensors:
+            kept = " that its pruning plan keeps" if plan.num_blocks else ""
+            raise QpruneError(f"{where} lacks the tensor {name}{kept} (damaged or incomplete checkpoint)")
+        if tensors[name].shape != shape:
+            raise QpruneError(
+                f"{where}: {name} has shape {list(tensors[name].shape)}, but config.json implies {list(shape)}"
+            )

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .data import HELDOUT_SOURCE, DataSpec
-from .errors import QpruneError
-from .progress import Progress, as_progress
+from qprune.errors import QpruneError
+from qprune.measure.data import HELDOUT_SOURCE, DataSpec
+from qprune.progress import Progress, as_progress
 
 if TYPE_CHECKING:
     import torch
@@ -236,7 +236,7 @@ def _load_teacher_cache(path: Path, input_ids: torch.Tensor) -> dict | None:
 def _trainable(model, settings: HealSettings) -> tuple[object, str]:
     """The model to train (PEFT-wrapped with LoRA) and a description of what trains."""
     if settings.lora is not None:
-        from .lora import lora_config
+        from qprune.healing.lora import lora_config
 
         try:
             from peft import get_peft_model
@@ -264,8 +264,8 @@ def _trainable(model, settings: HealSettings) -> tuple[object, str]:
 def _resolve_teacher(student_config: dict, pruned: str, base: str | None):
     """The teacher's checkpoint, checked against the student: same architecture, sizes and vocabulary,
     and pruned no further than the student."""
-    from .plan import Plan
-    from .source import open_checkpoint
+    from qprune.io.source import open_checkpoint
+    from qprune.plan import Plan
 
     name = base or student_config.get("qprune_base_model")
     if not name:
@@ -305,11 +305,11 @@ def heal(
     """Heal PRUNED into OUT; see the module docstring."""
     import torch
 
-    from .data import load_token_batches, tokenize
-    from .evaluate import perplexity
-    from .loading import load, load_tokenizer
-    from .output import atomic_output, check_output
-    from .source import open_checkpoint, portable_name
+    from qprune.io.output import atomic_output, check_output
+    from qprune.io.source import open_checkpoint, portable_name
+    from qprune.measure.data import load_token_batches, tokenize
+    from qprune.measure.evaluate import perplexity
+    from qprune.runtime.load import load, load_tokenizer
 
     progress = as_progress(progress)
     settings.validate()
@@ -485,8 +485,8 @@ def _write_checkpoint(student, checkpoint, tmp: Path) -> None:
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    from .checkpoint import SAFE_INDEX
-    from .pruning import DEFAULT_MAX_SHARD_SIZE
+    from qprune.io.safetensors import SAFE_INDEX
+    from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE
 
     dtype = getattr(torch, str(checkpoint.config.get("dtype") or checkpoint.config.get("torch_dtype") or "float32"))
     state = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in student.state_dict().items()}

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .ablation import KINDS, Block, BlockRunner, TokenStats, all_blocks, micro_batches, token_stats
-from .data import DataSpec
-from .output import atomic_output, check_output
+from qprune.io.output import atomic_output, check_output
+from qprune.measure.ablation import KINDS, Block, BlockRunner, TokenStats, all_blocks, micro_batches, token_stats
+from qprune.measure.data import DataSpec
 
 # Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
 METRICS = {
@@ -293,8 +293,8 @@ def run_scan(
     whole_layers: bool = False,
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png."""
-    from .generate import load_for_measurement
-    from .progress import as_progress
+    from qprune.measure.data import load_for_measurement
+    from qprune.progress import as_progress
 
     if out is not None:
         check_output(Path(out), force, sources=[source])

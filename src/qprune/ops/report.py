@@ -1,20 +1,8 @@
-"""How qprune words sizes and plans, the search section of model cards, and `qprune info`."""
+"""The search section of model cards, and what `qprune info` says about a checkpoint."""
 
 from __future__ import annotations
 
-from .source import open_checkpoint
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
-def format_layers(layers: tuple[int, ...]) -> str:
-    return ", ".join(map(str, layers)) or "none"
+from qprune.io.source import open_checkpoint
 
 
 def search_section(search: dict) -> str:

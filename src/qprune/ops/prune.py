@@ -18,14 +18,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import report
-from .checkpoint import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
-from .errors import QpruneError
-from .output import atomic_output, check_output
-from .plan import Plan
-from .source import open_checkpoint, portable_name
+from qprune.errors import QpruneError
+from qprune.io.output import atomic_output, check_output
+from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
+from qprune.io.source import open_checkpoint, portable_name
+from qprune.ops import report
+from qprune.plan import Plan
+from qprune.words import format_layers, human_bytes
 
-MODELING_DIR = Path(__file__).parent / "modeling"
+MODELING_DIR = Path(__file__).parent.parent / "modeling"
 MODELING_FILES = ("configuration_pruned_qwen3.py", "modeling_pruned_qwen3.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_pruned_qwen3.PrunedQwen3Config",
@@ -158,7 +159,7 @@ def summary(result: PruneResult) -> str:
             f"blocks pruned in total: {result.plan.num_blocks} of {blocks} ({result.plan})",
             f"parameters: {result.params_before:,} -> {result.params_after:,} "
             f"({_change(result.params_before, result.params_after)})",
-            f"bytes:      {report.human_bytes(result.bytes_before)} -> {report.human_bytes(result.bytes_after)} "
+            f"bytes:      {human_bytes(result.bytes_before)} -> {human_bytes(result.bytes_after)} "
             f"({_change(result.bytes_before, result.bytes_after)})",
         ]
         + ([f"left out (not part of a model directory): {', '.join(result.left_out)}"] if result.left_out else [])
@@ -210,12 +211,12 @@ def model_card(result: PruneResult, base_model: str, search: dict | None = None)
         base_model=base_model,
         pruned=result.plan.num_blocks,
         blocks=2 * result.num_layers,
-        attn=report.format_layers(result.plan.attn),
-        mlp=report.format_layers(result.plan.mlp),
+        attn=format_layers(result.plan.attn),
+        mlp=format_layers(result.plan.mlp),
         params_before=result.params_before,
         params_after=result.params_after,
         params_change=_change(result.params_before, result.params_after),
-        bytes_before=report.human_bytes(result.bytes_before),
-        bytes_after=report.human_bytes(result.bytes_after),
+        bytes_before=human_bytes(result.bytes_before),
+        bytes_after=human_bytes(result.bytes_after),
         bytes_change=_change(result.bytes_before, result.bytes_after),
     ) + ("\n" + report.search_section(search) if search else "")

@@ -14,22 +14,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import QpruneError
-from .memory import return_freed_memory
-from .source import open_checkpoint, read_qwen3_config
+from qprune.errors import QpruneError
+from qprune.io.source import open_checkpoint, read_qwen3_config
+from qprune.runtime.memory import return_freed_memory
 
 if TYPE_CHECKING:
     import torch
 
-    from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+    from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
 
 
 def register() -> None:
     """Make AutoConfig / AutoModelForCausalLM resolve `pruned_qwen3` to qprune's classes."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-    from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
+    from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
 
     AutoConfig.register(PrunedQwen3Config.model_type, PrunedQwen3Config, exist_ok=True)
     AutoModelForCausalLM.register(PrunedQwen3Config, PrunedQwen3ForCausalLM, exist_ok=True)
@@ -50,7 +50,7 @@ def load_tokenizer(path: str | Path):
 
 def load_config(path: str | Path):
     """A `PrunedQwen3Config` for a pruned or a dense Qwen3 checkpoint (a dense one prunes nothing)."""
-    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
+    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
 
     fields = {k: v for k, v in read_qwen3_config(Path(path)).items() if k not in ("model_type", "auto_map")}
     return PrunedQwen3Config.from_dict(fields)
@@ -66,16 +66,16 @@ def load(
     """Load a checkpoint (directory or hub id) in eval mode.
 
     dtype defaults to the checkpoint's (float32 on a GPU without bfloat16); float16 warns, as Qwen3
-    overflows in it. `quantize` names a mode of `qprune.quantization.MODES` ("int8", "nf4",
+    overflows in it. `quantize` names a mode of `qprune.runtime.quantize.MODES` ("int8", "nf4",
     "torchao-int8", "torchao-int4"): the kept Linears are quantized as they load, and nothing is built
     for pruned blocks. A quantized load goes to the GPU when there is one (device_map "auto")."""
-    from .quantization import quantization_config, quiet_library_logs
+    from qprune.runtime.quantize import quantization_config, quiet_library_logs
 
     quiet_library_logs()  # before transformers is imported: it imports torchao, which logs on import
     import torch
 
-    from .modeling.modeling_pruned_qwen3 import MissingTensorsError, PrunedQwen3ForCausalLM
-    from .precision import choose_dtype
+    from qprune.modeling.modeling_pruned_qwen3 import MissingTensorsError, PrunedQwen3ForCausalLM
+    from qprune.runtime.precision import choose_dtype
 
     register()
     checkpoint = open_checkpoint(path)  # config, headers and tensors checked before transformers reads them

@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import QpruneError
+from qprune.errors import QpruneError
 
 if TYPE_CHECKING:
     import torch
 
-TEXT_DIR = Path(__file__).parent / "assets" / "text"
+    from qprune.progress import Progress
+
+TEXT_DIR = Path(__file__).parent.parent / "assets" / "text"
 CALIBRATION_TEXT = TEXT_DIR / "pydocs-calibration.txt"
 HELDOUT_TEXT = TEXT_DIR / "pydocs-heldout.txt"
 SHIPPED = "qprune:"  # names a text shipped with qprune, e.g. qprune:pydocs-heldout.txt
@@ -180,3 +182,26 @@ def load_token_batches(spec: DataSpec, tokenizer) -> torch.Tensor:
         )
     chosen = sorted(random.Random(spec.seed).sample(range(windows), wanted))
     return torch.tensor([tokens[i * spec.seq_len : (i + 1) * spec.seq_len] for i in chosen], dtype=torch.long)
+
+
+def load_for_measurement(source: str, spec, dtype: str = "auto", progress: bool | Progress = False):
+    """(model, calibration batch) for scan and search. The data is read first, so its errors come
+    before a long load. The model holds every weight the checkpoint has, in `dtype` ("auto": see
+    `precision.auto_dtype`; metrics are accumulated in float32 whatever it is), spread over the GPUs
+    when there are any."""
+    import torch
+
+    from qprune.io.source import resolve_model_dir
+    from qprune.progress import as_progress
+    from qprune.runtime.load import load, load_tokenizer
+    from qprune.runtime.precision import resolve_auto
+
+    progress = as_progress(progress)
+    if dtype not in ("auto", "bfloat16", "float32"):
+        raise QpruneError(f"--dtype {dtype}: use auto, bfloat16 or float32 (Qwen3 overflows in float16)")
+    dtype = resolve_auto(dtype, progress.note)
+    model_dir = resolve_model_dir(source)
+    batch = load_token_batches(spec, load_tokenizer(model_dir))
+    progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")
+    device_map = "auto" if torch.cuda.is_available() else None
+    return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch

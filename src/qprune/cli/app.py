@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from .errors import QpruneError
+from qprune.errors import QpruneError
 
 app = typer.Typer(
     help="Prune whole attention and MLP blocks out of Qwen3 models.",
@@ -46,7 +46,7 @@ def parse_size(text: str) -> int:
 
 
 def read_plan(attn: Optional[str], mlp: Optional[str], plan_file: Optional[Path]):
-    from .plan import Plan
+    from qprune.plan import Plan
 
     if plan_file is not None:
         if attn or mlp:
@@ -111,7 +111,7 @@ def _setup(
     """Prune whole attention and MLP blocks out of Qwen3 models."""
     import warnings
 
-    from .quantization import quiet_library_logs
+    from qprune.runtime.quantize import quiet_library_logs
 
     quiet_library_logs()
     # Warnings (float16 on Qwen3) read as one line, like errors.
@@ -121,7 +121,7 @@ def _setup(
 def reporter(quiet: bool):
     """The progress of a command that loads models: on stderr unless --quiet, and without
     transformers' own loading bars except on a terminal."""
-    from .progress import Progress, quiet_library_bars
+    from qprune.progress import Progress, quiet_library_bars
 
     progress = Progress(enabled=not quiet)
     quiet_library_bars(progress)
@@ -129,7 +129,7 @@ def reporter(quiet: bool):
 
 
 def data_spec(data: Optional[str], text_field: str, samples: int, seq_len: int, seed: int):
-    from .data import DataSpec
+    from qprune.measure.data import DataSpec
 
     return DataSpec(data, text_field=text_field, samples=samples, seq_len=seq_len, seed=seed)
 
@@ -179,7 +179,7 @@ def prune(
         if not auto:
             if blocks is not None or param_ratio is not None or whole_layers:
                 raise QpruneError("--blocks, --param-ratio and --whole-layers choose blocks automatically: add --auto")
-            from .pruning import prune as run_prune
+            from qprune.ops.prune import prune as run_prune
 
             typer.echo(
                 run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=shard_size, force=force).summary()
@@ -187,7 +187,7 @@ def prune(
             return
         if attn or mlp or plan:
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
-        from .search import Constraints, Target, auto_prune
+        from qprune.measure.search import Constraints, Target, auto_prune
 
         progress = reporter(quiet)
         result, found = auto_prune(
@@ -220,7 +220,7 @@ def export(
     Layers whose attention and MLP are both pruned are removed; a block pruned alone is stored as zeros,
     which a stock engine still computes. The summary says what that costs against PRUNED."""
     with user_errors():
-        from .export import export as run_export
+        from qprune.ops.export import export as run_export
 
         result = run_export(pruned, dest, max_shard_size=parse_size(max_shard_size), force=force)
     typer.echo(result.summary())
@@ -245,7 +245,7 @@ def scan(
 ) -> None:
     """Score every attention and MLP block: one-pass cosine/update norm, and NLL rise / KL when removed."""
     with user_errors():
-        from .scan import run_scan
+        from qprune.measure.scan import run_scan
 
         progress = reporter(quiet)
         spec = data_spec(data, text_field, samples, seq_len, seed)
@@ -285,8 +285,8 @@ def evaluate(
 ) -> None:
     """Perplexity (strided sliding window), beside the base model's, and generations side by side."""
     with user_errors():
-        from .data import HELDOUT_SOURCE, DataSpec
-        from .evaluate import run_eval
+        from qprune.measure.data import HELDOUT_SOURCE, DataSpec
+        from qprune.measure.evaluate import run_eval
 
         progress = reporter(quiet)
         report = run_eval(
@@ -334,8 +334,8 @@ def bench(
 ) -> None:
     """Prefill and decode speed, parameter, KV-cache and peak bytes: pruned vs dense vs the plan's ideal."""
     with user_errors():
-        from .bench import BenchSettings, run_bench
-        from .plan import Plan
+        from qprune.measure.bench import BenchSettings, run_bench
+        from qprune.plan import Plan
 
         settings = BenchSettings(prompt_len, new_tokens, parse_batches(batch), repeats, warmup, seed)
         plan = Plan.parse(attn, mlp)
@@ -387,9 +387,9 @@ def heal(
 ) -> None:
     """Distil the base model back into a pruned checkpoint (transformers' Trainer; PEFT for --lora)."""
     with user_errors():
-        from .data import HELDOUT_SOURCE, DataSpec
-        from .heal import HealSettings
-        from .heal import heal as run_heal
+        from qprune.healing.distill import HealSettings
+        from qprune.healing.distill import heal as run_heal
+        from qprune.measure.data import HELDOUT_SOURCE, DataSpec
 
         settings = HealSettings(
             tokens, seq_len, batch_size, grad_accum, lr, loss=loss, lm_weight=lm_weight, lora=lora,
@@ -418,7 +418,8 @@ def info(
 ) -> None:
     """Print a checkpoint's pruning plan and sizes."""
     with user_errors():
-        from .report import describe, format_layers, human_bytes
+        from qprune.ops.report import describe
+        from qprune.words import format_layers, human_bytes
 
         facts = describe(path)
     if as_json:
@@ -446,7 +447,7 @@ def verify(
 ) -> None:
     """Check key accounting, logits against the oracle, and cached vs uncached decoding."""
     with user_errors():
-        from .verification import verify as run_verify
+        from qprune.measure.verify import verify as run_verify
 
         reporter(quiet)
         checks = run_verify(path, base, quantize=quantize)
@@ -472,10 +473,10 @@ def generate(
     with user_errors():
         import torch
 
-        from .generate import complete, encode_prompt, load_with_tokenizer
-        from .precision import find_overflow, parse_dtype, resolve_auto
-        from .quantization import describe
-        from .source import open_checkpoint
+        from qprune.io.source import open_checkpoint
+        from qprune.runtime.generate import complete, encode_prompt, load_with_tokenizer
+        from qprune.runtime.precision import find_overflow, parse_dtype, resolve_auto
+        from qprune.runtime.quantize import describe
 
         progress = reporter(quiet)
         parse_dtype(dtype)
@@ -503,7 +504,7 @@ def demo(
 ) -> None:
     """Prune a model, verify it, and show dense and pruned generations side by side."""
     with user_errors():
-        from .demo import run_demo
+        from qprune.cli.demo import run_demo
 
         passed = run_demo(model, out, attn, mlp, force=force, echo=typer.echo, progress=reporter(quiet))
     if not passed:

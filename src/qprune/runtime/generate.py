@@ -11,10 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import QpruneError
-from .loading import load, load_tokenizer
-from .progress import Progress, as_progress
-from .source import resolve_model_dir
+from qprune.io.source import resolve_model_dir
+from qprune.runtime.load import load, load_tokenizer
 
 SMALL_MODEL_PARAMETERS = 100_000_000  # below this, decoding on a CPU uses one thread (see small_model_threads)
 
@@ -22,27 +20,6 @@ SMALL_MODEL_PARAMETERS = 100_000_000  # below this, decoding on a CPU uses one t
 def load_with_tokenizer(path: str | Path, dtype=None, device_map=None, quantize: str | None = None):
     model_dir = resolve_model_dir(str(path))
     return load(model_dir, dtype=dtype, device_map=device_map, quantize=quantize), load_tokenizer(model_dir)
-
-
-def load_for_measurement(source: str, spec, dtype: str = "auto", progress: bool | Progress = False):
-    """(model, calibration batch) for scan and search. The data is read first, so its errors come
-    before a long load. The model holds every weight the checkpoint has, in `dtype` ("auto": see
-    `precision.auto_dtype`; metrics are accumulated in float32 whatever it is), spread over the GPUs
-    when there are any."""
-    import torch
-
-    from .data import load_token_batches
-    from .precision import resolve_auto
-
-    progress = as_progress(progress)
-    if dtype not in ("auto", "bfloat16", "float32"):
-        raise QpruneError(f"--dtype {dtype}: use auto, bfloat16 or float32 (Qwen3 overflows in float16)")
-    dtype = resolve_auto(dtype, progress.note)
-    model_dir = resolve_model_dir(source)
-    batch = load_token_batches(spec, load_tokenizer(model_dir))
-    progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")
-    device_map = "auto" if torch.cuda.is_available() else None
-    return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
 
 
 def encode_prompt(model, tokenizer, prompt: str):
@@ -80,7 +57,7 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
     step's logits hold inf or NaN, rather than returning the garbage it would decode to."""
     import torch
 
-    from .precision import check_logits
+    from qprune.runtime.precision import check_logits
 
     inputs = encode_prompt(model, tokenizer, prompt)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

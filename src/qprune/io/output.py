@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import QpruneError
+from qprune.errors import QpruneError
 
 try:
     import fcntl

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import QpruneError
+from qprune.errors import QpruneError
 
 if TYPE_CHECKING:
     import torch

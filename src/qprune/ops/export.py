@@ -27,15 +27,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import report
-from .checkpoint import TensorEntry, write_shards
-from .cost import Shape, ideal_speedups, kept_blocks
-from .errors import QpruneError
-from .layout import expected_tensors
-from .output import atomic_output, check_output
-from .plan import Plan
-from .pruning import DEFAULT_MAX_SHARD_SIZE, inherited_files
-from .source import open_checkpoint, portable_name
+from qprune.arch.qwen3 import expected_tensors
+from qprune.cost import Shape, ideal_speedups, kept_blocks
+from qprune.errors import QpruneError
+from qprune.io.output import atomic_output, check_output
+from qprune.io.safetensors import TensorEntry, write_shards
+from qprune.io.source import open_checkpoint, portable_name
+from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, inherited_files
+from qprune.plan import Plan
+from qprune.words import format_layers, human_bytes
 
 _QPRUNE_FIELDS = ("auto_map", "pruned_attn_layers", "pruned_mlp_layers", "qprune_base_model", "_name_or_path")
 _LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
@@ -156,7 +156,7 @@ def export(
 def _cost_rows(result: ExportResult) -> list[tuple[str, str, str]]:
     slim, stock = result.ideal["slim"], result.ideal["export"]
     return [
-        ("bytes", report.human_bytes(result.slim_bytes), report.human_bytes(result.export_bytes)),
+        ("bytes", human_bytes(result.slim_bytes), human_bytes(result.export_bytes)),
         ("layers", str(result.num_layers), str(result.num_layers - len(result.removed_layers))),
         ("ideal prefill speedup", f"{slim['prefill']:.2f}x", f"{stock['prefill']:.2f}x"),
         ("ideal decode speedup", f"{slim['decode']:.2f}x", f"{stock['decode']:.2f}x"),
@@ -165,7 +165,7 @@ def _cost_rows(result: ExportResult) -> list[tuple[str, str, str]]:
 
 
 def summary(result: ExportResult) -> str:
-    removed = report.format_layers(result.removed_layers)
+    removed = format_layers(result.removed_layers)
     lines = [
         f"exported {result.source} as a stock Qwen3 -> {result.out}",
         f"layers removed (both blocks pruned): {removed}; blocks zero-filled: {result.zero_blocks}",
@@ -195,7 +195,7 @@ tags: [qprune, pruned, qwen3]
 no custom code. It loads in transformers, vLLM and the GGUF / MLX converters as any Qwen3 does, and
 computes exactly what the pruned model computes:
 
-- layers removed (attention and MLP both pruned), the rest renumbered: {report.format_layers(result.removed_layers)}
+- layers removed (attention and MLP both pruned), the rest renumbered: {format_layers(result.removed_layers)}
 - blocks pruned alone, stored as zeros (a zero output projection adds nothing): {result.zero_blocks}
 
 ## What portability costs

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .data import HELDOUT_SOURCE, DataSpec, tokenize
-from .errors import QpruneError
-from .precision import NonFiniteLogitsError, OverflowReport, overflow_message, parse_dtype, resolve_auto
-from .progress import Progress, as_progress
+from qprune.errors import QpruneError
+from qprune.measure.data import HELDOUT_SOURCE, DataSpec, tokenize
+from qprune.progress import Progress, as_progress
+from qprune.runtime.precision import NonFiniteLogitsError, OverflowReport, overflow_message, parse_dtype, resolve_auto
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ def perplexity(
     """Sliding-window perplexity of `model` on a 1-D tensor of token ids."""
     import torch
 
-    from .ablation import chunked_nll
+    from qprune.measure.ablation import chunked_nll
 
     spans = windows(tokens.numel(), seq_len, stride)
     # Windows of one length are batched; only the last one can be shorter.
@@ -131,7 +131,7 @@ class ModelEval:
         return out | ({"overflow": str(self.overflow)} if self.overflow else {})
 
     def line(self, label: str) -> str:
-        from .report import human_bytes
+        from qprune.words import human_bytes
 
         return f"  {label:<6} {self.perplexity.value:10.3f}  {self.path}  (parameters: {human_bytes(self.param_bytes)})"
 
@@ -213,11 +213,11 @@ def run_eval(
     `check_overflow` runs `find_overflow` on the first window first."""
     import torch
 
-    from .generate import complete
-    from .loading import load, load_tokenizer
-    from .precision import find_overflow
-    from .quantization import mode_named, parameter_bytes
-    from .source import read_qwen3_config, resolve_model_dir
+    from qprune.io.source import read_qwen3_config, resolve_model_dir
+    from qprune.runtime.generate import complete
+    from qprune.runtime.load import load, load_tokenizer
+    from qprune.runtime.precision import find_overflow
+    from qprune.runtime.quantize import mode_named, parameter_bytes
 
     parse_dtype(dtype)  # a bad --dtype or --quantize is refused before anything is loaded
     if quantize is not None:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import QpruneError
+from qprune.errors import QpruneError
 
 if TYPE_CHECKING:
     import torch
@@ -145,7 +145,7 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
             owner = model.get_submodule(parent)
             setattr(owner, child, _bitsandbytes_linear(getattr(owner, child), spec.name, compute_dtype))
     model.qprune_quantized = spec.name
-    from .memory import return_freed_memory
+    from qprune.runtime.memory import return_freed_memory
 
     return_freed_memory()
     return model
@@ -212,7 +212,7 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
 
 def describe(model: nn.Module) -> str:
     """One line: the quantization mode (if any) and the parameters' bytes."""
-    from .report import human_bytes
+    from qprune.words import human_bytes
 
     mode = getattr(model, "qprune_quantized", None)
     return f"{mode or 'unquantized'}: parameters take {human_bytes(parameter_bytes(model))}"

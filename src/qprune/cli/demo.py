@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import DataSpec
-from .errors import QpruneError
-from .plan import Plan
-from .progress import Progress, as_progress
-from .source import read_qwen3_config, resolve_model_dir
+from qprune.errors import QpruneError
+from qprune.io.source import read_qwen3_config, resolve_model_dir
+from qprune.measure.data import DataSpec
+from qprune.plan import Plan
+from qprune.progress import Progress, as_progress
 
-EMBEDDED_MODEL = Path(__file__).parent / "assets" / "qwen3-pydocs"
+EMBEDDED_MODEL = Path(__file__).parent.parent / "assets" / "qwen3-pydocs"
 DEMO_DATA = DataSpec(samples=16, seq_len=256)  # small: the whole demo takes about 30 s on 2 CPU cores
 PROMPTS = ("The list type", "To open a file", "The :mod:`os` module")
 DEFAULT_OUT = "qprune-demo"
@@ -52,10 +52,10 @@ def run_demo(
     every verification check passed."""
     import torch
 
-    from .generate import complete, load_with_tokenizer
-    from .pruning import prune
-    from .search import Target, auto_prune
-    from .verification import verify
+    from qprune.measure.search import Target, auto_prune
+    from qprune.measure.verify import verify
+    from qprune.ops.prune import prune
+    from qprune.runtime.generate import complete, load_with_tokenizer
 
     progress = as_progress(progress)
     source = model or str(EMBEDDED_MODEL)

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cost import Shape, ideal_speedups, kv_bytes, shape_named
-from .errors import QpruneError
-from .memory import return_freed_memory
-from .plan import Plan
-from .precision import resolve_auto
-from .progress import Progress, as_progress
-from .quantization import mode_named, parameter_bytes
-from .quantization import quantize as quantize_model
+from qprune.cost import Shape, ideal_speedups, kv_bytes, shape_named
+from qprune.errors import QpruneError
+from qprune.plan import Plan
+from qprune.progress import Progress, as_progress
+from qprune.runtime.memory import return_freed_memory
+from qprune.runtime.precision import resolve_auto
+from qprune.runtime.quantize import mode_named, parameter_bytes
+from qprune.runtime.quantize import quantize as quantize_model
 
 if TYPE_CHECKING:
     import torch
@@ -157,8 +157,8 @@ def random_pair(shape: Shape, plan: Plan, dtype: torch.dtype, device: str, seed:
     """A dense random-weight Qwen3 of `shape` and its pruned twin, which shares the dense tensors."""
     import torch
 
-    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-    from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
+    from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
 
     plan.validate(shape.layers)
     fields = {**shape.config_fields(), "max_position_embeddings": 40960, "rope_theta": 1e6, "rms_norm_eps": 1e-6}
@@ -192,8 +192,8 @@ def _default_dtype(dtype) -> Iterator[None]:
 
 def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str, quantize: str | None = None):
     """The base (dense) and pruned checkpoints, loaded; refused before loading unless their shapes agree."""
-    from .loading import load
-    from .source import read_qwen3_config, resolve_model_dir
+    from qprune.io.source import read_qwen3_config, resolve_model_dir
+    from qprune.runtime.load import load
 
     model_dir, base_dir = resolve_model_dir(model), resolve_model_dir(base)
     shapes = Shape.from_config(read_qwen3_config(model_dir)), Shape.from_config(read_qwen3_config(base_dir))

@@ -1,0 +1,86 @@
+"""Qwen3 as data: the block each tensor belongs to, and every tensor (with its shape) a config implies.
+
+    tensor_block("model.layers.3.mlp.up_proj.weight")    # (3, "mlp")
+    expected_tensors(config)                               # {"model.embed_tokens.weight": (vocab, hidden), ...}
+
+A layer has two blocks. Attention is `self_attn.*` plus `input_layernorm`, the norm in front of it;
+the MLP is `mlp.*` plus `post_attention_layernorm`. Pruning a block removes exactly these tensors, and
+its output projection (`self_attn.o_proj`, `mlp.down_proj`) is what the stock-transformers oracle
+zeroes. Plans, completeness checks, export and the vLLM model read this module; it imports nothing
+of qprune, so it sits at the bottom of the package.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Mirrors `tensor_block` in modeling/configuration_pruned_qwen3.py, which must stay free of qprune
+# imports because it is copied into checkpoints; tests/test_plan.py checks that the two agree.
+_LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|input_layernorm|mlp|post_attention_layernorm)\.")
+_ATTN_SUBMODULES = ("self_attn", "input_layernorm")
+OUTPUT_PROJECTIONS = {"attn": "self_attn.o_proj", "mlp": "mlp.down_proj"}  # zero: the block adds nothing
+
+
+def tensor_block(name: str) -> tuple[int, str] | None:
+    """The block a tensor belongs to, as (layer, "attn" | "mlp"), or None for tensors outside blocks."""
+    match = _LAYER_TENSOR.search(name)
+    if match is None:
+        return None
+    return int(match.group(1)), "attn" if match.group(2) in _ATTN_SUBMODULES else "mlp"
+
+
+# Qwen3Config's defaults, for the fields a config.json may leave out.
+_DEFAULTS = {
+    "vocab_size": 151936,
+    "hidden_size": 4096,
+    "intermediate_size": 22016,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "head_dim": 128,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+}
+
+
+def config_field(config: dict, name: str):
+    """A config.json field, or Qwen3Config's default where the file leaves it out."""
+    return config.get(name, _DEFAULTS[name])
+
+
+def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a dense Qwen3 with this (validated) config, with its shape. lm_head is listed
+    even when tied (a tied checkpoint may omit it)."""
+    hidden, vocab = config_field(config, "hidden_size"), config_field(config, "vocab_size")
+    inner = config_field(config, "intermediate_size")
+    heads = config_field(config, "num_attention_heads")
+    kv_heads = config_field(config, "num_key_value_heads") or heads  # null means one per query head
+    head_dim = config_field(config, "head_dim") or hidden // heads
+    q_width, kv_width = heads * head_dim, kv_heads * head_dim
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(config["num_hidden_layers"]):
+        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        shapes |= {
+            f"model.layers.{i}.input_layernorm.weight": (hidden,),
+            f"{attn}.q_proj.weight": (q_width, hidden),
+            f"{attn}.k_proj.weight": (kv_width, hidden),
+            f"{attn}.v_proj.weight": (kv_width, hidden),
+            f"{attn}.o_proj.weight": (hidden, q_width),
+            f"{attn}.q_norm.weight": (head_dim,),
+            f"{attn}.k_norm.weight": (head_dim,),
+            f"model.layers.{i}.post_attention_layernorm.weight": (hidden,),
+            f"{mlp}.gate_proj.weight": (inner, hidden),
+            f"{mlp}.up_proj.weight": (inner, hidden),
+            f"{mlp}.down_proj.weight": (hidden, inner),
+        }
+        if config_field(config, "attention_bias"):
+            shapes |= {
+                f"{attn}.q_proj.bias": (q_width,),
+                f"{attn}.k_proj.bias": (kv_width,),
+                f"{attn}.v_proj.bias": (kv_width,),
+                f"{attn}.o_proj.bias": (hidden,),
+            }
+    return shapes

@@ -1,0 +1,5 @@
+"""`python -m qprune.cli ...`, as the `qprune` command."""
+
+from qprune.cli.app import main
+
+main()
