@@ -78,7 +78,7 @@ def test_too_little_text_says_how_much_there_is(tmp_path, tokenizer):
     with pytest.raises(QpruneError) as error:
         load_token_batches(DataSpec(str(tmp_path / "a.txt"), samples=100, seq_len=512), tokenizer)
     assert "tokens, fewer than the 100 x 512 = 51,200 needed" in str(error.value)
-    assert "lower --samples or --seq-len" in str(error.value)
+    assert "lower samples or seq_len" in str(error.value)
 
 
 def test_other_bad_inputs(tmp_path, tokenizer, monkeypatch):
@@ -90,9 +90,9 @@ def test_other_bad_inputs(tmp_path, tokenizer, monkeypatch):
         load_token_batches(DataSpec(str(tmp_path / "a.parquet")), tokenizer)
     with pytest.raises(QpruneError, match="is a directory"):
         load_token_batches(DataSpec(str(tmp_path)), tokenizer)
-    with pytest.raises(QpruneError, match="--seq-len must be at least 2"):
+    with pytest.raises(QpruneError, match=r"^seq_len must be at least 2"):
         load_token_batches(DataSpec(seq_len=1), tokenizer)
-    with pytest.raises(QpruneError, match="--samples must be at least 1"):
+    with pytest.raises(QpruneError, match=r"^samples must be at least 1"):
         load_token_batches(DataSpec(samples=0), tokenizer)
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
     with pytest.raises(QpruneError, match=r"needs `datasets`: pip install 'qprune\[data\]'"):

@@ -69,7 +69,7 @@ def test_parse_rejects(attn, message):
 
 
 def test_validate_names_the_layer():
-    with pytest.raises(QpruneError, match=r"--mlp: layer 4 is out of range: the model has 4 layers \(0..3\)"):
+    with pytest.raises(QpruneError, match=r"^mlp: layer 4 is out of range: the model has 4 layers \(0..3\)"):
         Plan(mlp=(4,)).validate(4)
 
 
@@ -89,3 +89,17 @@ def test_json_round_trip_and_errors(tmp_path):
 
 def test_union_combines():
     assert Plan(attn=(1,)).union(Plan(attn=(2,), mlp=(0,))) == Plan(attn=(1, 2), mlp=(0,))
+
+
+def test_errors_name_parameters_in_python_and_flags_on_the_command_line():
+    from typer.testing import CliRunner
+
+    from qprune.cli import app
+
+    with pytest.raises(QpruneError) as raised:
+        Plan.parse(attn="3-1")
+    assert str(raised.value) == "attn: the range '3-1' runs backwards"
+    assert raised.value.for_cli() == "--attn: the range '3-1' runs backwards"
+    assert QpruneError("{batches} and {seq_len}").for_cli() == "--batch and --seq-len"
+    result = CliRunner().invoke(app, ["prune", "src", "out", "--attn", "3-1"])
+    assert result.exit_code == 2 and result.output == "error: --attn: the range '3-1' runs backwards\n"

@@ -5,6 +5,7 @@
 
     qprune.prune("Qwen/Qwen3-0.6B", "qwen3-pruned", Plan(attn=(20, 22), mlp=(24,)))
     qprune.heal("qwen3-pruned", "qwen3-healed")               # distil the base back in
+    qprune.export("qwen3-healed", "qwen3-healed-stock")      # an exact stock Qwen3, for any engine
     model = qprune.load("qwen3-healed", quantize="int8")   # or qprune.quantize(model, "int8")
 
 Names are imported lazily so that `qprune --help` does not pay for torch and transformers.
@@ -26,6 +27,7 @@ _LAZY = {
     "Plan": "qprune.plan",
     "HealSettings": "qprune.healing.distill",
     "QpruneError": "qprune.errors",
+    "export": "qprune.ops.export",
     "heal": "qprune.healing.distill",
     "load": "qprune.runtime.load",
     "lora_config": "qprune.healing.lora",
@@ -43,6 +45,7 @@ __all__ = [
     "PrunedQwen3ForCausalLM",
     "PrunedQwen3Model",
     "QpruneError",
+    "export",
     "heal",
     "load",
     "lora_config",
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
         PrunedQwen3ForCausalLM,
         PrunedQwen3Model,
     )
+    from qprune.ops.export import export
     from qprune.ops.prune import prune
     from qprune.plan import Plan
     from qprune.runtime.load import load

@@ -89,7 +89,7 @@ def shape_named(name: str) -> Shape:
     try:
         return QWEN3_SHAPES[name.lower()]
     except KeyError:
-        raise QpruneError(f"--shape {name}: unknown; choose one of {', '.join(QWEN3_SHAPES)}") from None
+        raise QpruneError(f"{{shape}} {name}: unknown; choose one of {', '.join(QWEN3_SHAPES)}") from None
 
 
 def block_parameters(shape: Shape) -> dict[str, int]:

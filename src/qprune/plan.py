@@ -33,14 +33,14 @@ def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
             continue
         match = re.fullmatch(r"(-?\d+)(?:\s*-\s*(-?\d+))?", item)
         if match is None:
-            raise QpruneError(f"{option}: {item!r} is not a layer number or a range like 20-27")
+            raise QpruneError(f"{{{option}}}: {item!r} is not a layer number or a range like 20-27")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if min(first, last) < 0:
-            raise QpruneError(f"{option}: layer {min(first, last)} is negative")
+            raise QpruneError(f"{{{option}}}: layer {min(first, last)} is negative")
         if last < first:
-            raise QpruneError(f"{option}: the range {item!r} runs backwards")
+            raise QpruneError(f"{{{option}}}: the range {item!r} runs backwards")
         if last >= MAX_LAYERS:
-            raise QpruneError(f"{option}: layer {last} is out of range")
+            raise QpruneError(f"{{{option}}}: layer {last} is out of range")
         layers.extend(range(first, last + 1))
     return tuple(layers)
 
@@ -56,7 +56,7 @@ class Plan:
 
     @classmethod
     def parse(cls, attn: str | None = None, mlp: str | None = None) -> Plan:
-        return cls(_parse_layers(attn, "--attn"), _parse_layers(mlp, "--mlp"))
+        return cls(_parse_layers(attn, "attn"), _parse_layers(mlp, "mlp"))
 
     @classmethod
     def from_json(cls, path: str | Path) -> Plan:
@@ -85,11 +85,12 @@ class Plan:
         return Plan(self.attn + other.attn, self.mlp + other.mlp)
 
     def validate(self, num_layers: int) -> None:
-        for option, layers in (("--attn", self.attn), ("--mlp", self.mlp)):
+        for option, layers in (("attn", self.attn), ("mlp", self.mlp)):
             bad = [i for i in layers if i >= num_layers]
             if bad:
+                last = num_layers - 1
                 raise QpruneError(
-                    f"{option}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{num_layers - 1})"
+                    f"{{{option}}}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{last})"
                 )
 
     @property

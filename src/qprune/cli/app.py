@@ -32,7 +32,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except QpruneError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {error.for_cli()}", err=True)
         raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 

@@ -241,7 +241,7 @@ def _trainable(model, settings: HealSettings) -> tuple[object, str]:
         try:
             from peft import get_peft_model
         except ImportError:
-            raise QpruneError("--lora needs peft: pip install 'qprune[heal]'") from None
+            raise QpruneError("{lora} needs peft: pip install 'qprune[heal]'") from None
         config = lora_config(model, r=settings.lora, lora_alpha=2 * settings.lora, lora_dropout=0.0)
         return get_peft_model(model, config), f"LoRA rank {settings.lora} on the kept Linears"
     if settings.last_layers is not None:
@@ -269,13 +269,13 @@ def _resolve_teacher(student_config: dict, pruned: str, base: str | None):
 
     name = base or student_config.get("qprune_base_model")
     if not name:
-        raise QpruneError(f"{pruned} records no base model: pass base= (--base)")
+        raise QpruneError(f"{pruned} records no base model: give {{base}}")
     try:
         teacher = open_checkpoint(name)
     except QpruneError as error:
         if base is None:
             raise QpruneError(
-                f"the base model {pruned} records ({name}) is unavailable: {error}; pass --base"
+                f"the base model {pruned} records ({name}) is unavailable: {error.template}; give {{base}}"
             ) from None
         raise
     for key in ("hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads", "intermediate_size"):
@@ -321,7 +321,7 @@ def heal(
         try:
             import peft  # noqa: F401
         except ImportError:
-            raise QpruneError("--lora needs peft: pip install 'qprune[heal]'") from None
+            raise QpruneError("{lora} needs peft: pip install 'qprune[heal]'") from None
 
     tokenizer = load_tokenizer(student_checkpoint.dir)
     train_ids = load_token_batches(
@@ -330,7 +330,7 @@ def heal(
     if train_ids.shape[0] < settings.batch_size:
         raise QpruneError(
             f"the training data holds {train_ids.shape[0]} sequences of {settings.seq_len} tokens, fewer than one "
-            f"batch of {settings.batch_size}: give more text, or lower --batch-size or --seq-len"
+            f"batch of {settings.batch_size}: give more text, or lower {{batch_size}} or {{seq_len}}"
         )
     eval_ids = torch.tensor(tokenize(eval_data, tokenizer)[: settings.eval_tokens], dtype=torch.long)
     if eval_ids.numel() < 2:

@@ -54,15 +54,15 @@ class BenchSettings:
 
     def validate(self) -> None:
         for name, value, least in (
-            ("--prompt-len", self.prompt_len, 1),
-            ("--new-tokens", self.new_tokens, 1),
-            ("--repeats", self.repeats, 1),
-            ("--warmup", self.warmup, 0),
+            ("prompt_len", self.prompt_len, 1),
+            ("new_tokens", self.new_tokens, 1),
+            ("repeats", self.repeats, 1),
+            ("warmup", self.warmup, 0),
         ):
             if value < least:
-                raise QpruneError(f"{name} must be at least {least}, not {value}")
+                raise QpruneError(f"{{{name}}} must be at least {least}, not {value}")
         if not self.batches or any(b < 1 for b in self.batches):
-            raise QpruneError(f"--batch: batch sizes must be at least 1, not {list(self.batches)}")
+            raise QpruneError(f"{{batches}}: batch sizes must be at least 1, not {list(self.batches)}")
 
 
 @dataclass
@@ -198,7 +198,7 @@ def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str, quan
     model_dir, base_dir = resolve_model_dir(model), resolve_model_dir(base)
     shapes = Shape.from_config(read_qwen3_config(model_dir)), Shape.from_config(read_qwen3_config(base_dir))
     if shapes[0] != shapes[1]:
-        raise QpruneError(f"{model} and --base {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
+        raise QpruneError(f"{model} and {{base}} {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
     device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
     return tuple(load(d, dtype=dtype, device_map=device_map, quantize=quantize) for d in (base_dir, model_dir))
 
@@ -359,33 +359,33 @@ def run_bench(
 
     settings.validate()
     if dtype not in ("auto", "bfloat16", "float32", "float16"):
-        raise QpruneError(f"--dtype {dtype}: use auto, bfloat16, float32 or float16")
+        raise QpruneError(f"{{dtype}} {dtype}: use auto, bfloat16, float32 or float16")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise QpruneError(f"--device {device}: no CUDA device is available")
+        raise QpruneError(f"{{device}} {device}: no CUDA device is available")
     progress = as_progress(progress)
     dtype = resolve_auto(dtype, progress.note, on_cuda=device.startswith("cuda"))
     if quantize is not None:
         mode_named(quantize, on_cuda=device.startswith("cuda"))
     if shape is not None:
         if model is not None or base is not None:
-            raise QpruneError("give either --shape (random weights) or a checkpoint with --base, not both")
+            raise QpruneError("give either {shape} (random weights) or a checkpoint with {base}, not both")
         the_shape = shape_named(shape)
         plan = plan or Plan()
         plan.validate(the_shape.layers)
         if not plan.num_blocks:
-            raise QpruneError("--shape needs blocks to prune: --attn and/or --mlp")
+            raise QpruneError("{shape} needs blocks to prune: {attn} and/or {mlp}")
         dense, pruned = random_pair(the_shape, plan, getattr(torch, dtype), device, settings.seed)
         if quantize is not None:  # each separately: the pair shares its unquantized tensors
             dense, pruned = quantize_model(dense, quantize), quantize_model(pruned, quantize)
         source = {"shape": shape, "description": f"{shape} shape, random weights"}
     else:
         if model is None:
-            raise QpruneError("give a pruned checkpoint and --base, or --shape with --attn/--mlp")
+            raise QpruneError("give a pruned checkpoint and {base}, or {shape} with {attn}/{mlp}")
         if base is None:
-            raise QpruneError(f"bench {model} needs --base: the dense model it was pruned from")
+            raise QpruneError(f"bench {model} needs {{base}}: the dense model it was pruned from")
         if plan is not None and plan.num_blocks:
-            raise QpruneError("--attn/--mlp go with --shape; a checkpoint brings its own plan")
+            raise QpruneError("{attn}/{mlp} go with {shape}; a checkpoint brings its own plan")
         dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device, quantize)
         the_shape = Shape.from_config(dense.config)
         source = {"model": model, "base": base, "description": f"{model} vs {base}"}

@@ -103,7 +103,7 @@ def _jsonl(text: str, path: Path, field: str) -> Iterator[str]:
         except ValueError:
             raise QpruneError(f"{path} line {number} is not valid JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise QpruneError(f"{path} line {number} has no text field {field!r} (choose one with --text-field)")
+            raise QpruneError(f"{path} line {number} has no text field {field!r} (choose one with {{text_field}})")
         yield record[field]
 
 
@@ -118,7 +118,7 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
         raise QpruneError(f"data file {path} is not a readable parquet file: {error}") from None
     if field not in table.column_names:
         raise QpruneError(
-            f"{path} has no column {field!r} (columns: {', '.join(table.column_names)}; use --text-field)"
+            f"{path} has no column {field!r} (columns: {', '.join(table.column_names)}; use {{text_field}})"
         )
     yield from (value for value in table.column(field).to_pylist() if isinstance(value, str))
 
@@ -139,7 +139,7 @@ def _hub_dataset(spec: DataSpec) -> Iterator[str]:
             f"data {spec.source} is not a local file and could not be loaded as a dataset ({reason})"
         ) from None
     if spec.text_field not in dataset.column_names:
-        raise QpruneError(f"dataset {spec.source} has no column {spec.text_field!r} (use --text-field)")
+        raise QpruneError(f"dataset {spec.source} has no column {spec.text_field!r} (use {{text_field}})")
     yield from (value for value in dataset[spec.text_field] if isinstance(value, str))
 
 
@@ -168,9 +168,9 @@ def load_token_batches(spec: DataSpec, tokenizer) -> torch.Tensor:
     import torch
 
     if spec.seq_len < 2:
-        raise QpruneError("--seq-len must be at least 2")
+        raise QpruneError("{seq_len} must be at least 2")
     if spec.samples is not None and spec.samples < 1:
-        raise QpruneError("--samples must be at least 1")
+        raise QpruneError("{samples} must be at least 1")
     tokens = tokenize(spec, tokenizer)
     windows = len(tokens) // spec.seq_len
     wanted = windows if spec.samples is None else spec.samples
@@ -178,7 +178,7 @@ def load_token_batches(spec: DataSpec, tokenizer) -> torch.Tensor:
         raise QpruneError(
             f"data {spec.describe()['source']} has {len(tokens):,} tokens, fewer than the "
             f"{max(wanted, 1)} x {spec.seq_len} = {max(wanted, 1) * spec.seq_len:,} needed: "
-            f"lower --samples or --seq-len, or give more text"
+            f"lower {{samples}} or {{seq_len}}, or give more text"
         )
     chosen = sorted(random.Random(spec.seed).sample(range(windows), wanted))
     return torch.tensor([tokens[i * spec.seq_len : (i + 1) * spec.seq_len] for i in chosen], dtype=torch.long)
@@ -198,7 +198,7 @@ def load_for_measurement(source: str, spec, dtype: str = "auto", progress: bool 
 
     progress = as_progress(progress)
     if dtype not in ("auto", "bfloat16", "float32"):
-        raise QpruneError(f"--dtype {dtype}: use auto, bfloat16 or float32 (Qwen3 overflows in float16)")
+        raise QpruneError(f"{{dtype}} {dtype}: use auto, bfloat16 or float32 (Qwen3 overflows in float16)")
     dtype = resolve_auto(dtype, progress.note)
     model_dir = resolve_model_dir(source)
     batch = load_token_batches(spec, load_tokenizer(model_dir))

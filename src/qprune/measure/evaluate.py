@@ -43,10 +43,10 @@ class Window:
 def windows(total: int, seq_len: int, stride: int) -> list[Window]:
     """The sliding windows over `total` tokens; together they score tokens 1..total-1 once each."""
     if seq_len < 2:
-        raise QpruneError("--seq-len must be at least 2")
+        raise QpruneError("{seq_len} must be at least 2")
     if not 1 <= stride < seq_len:
         # Windows must overlap: a window's first token has no context in it and cannot be scored there.
-        raise QpruneError(f"--stride must be at least 1 and less than --seq-len ({seq_len}), not {stride}")
+        raise QpruneError(f"{{stride}} must be at least 1 and less than {{seq_len}} ({seq_len}), not {stride}")
     if total < 2:
         raise QpruneError(f"the text has {total} token(s); perplexity needs at least 2")
     spans, scored_to = [], 1  # token 0 has no context, so it is never predicted
@@ -223,7 +223,7 @@ def run_eval(
     if quantize is not None:
         mode_named(quantize, on_cuda=torch.cuda.is_available())
     if max_tokens is not None and max_tokens < 2:
-        raise QpruneError("--max-tokens must be at least 2")
+        raise QpruneError("{max_tokens} must be at least 2")
     spec = spec or DataSpec(HELDOUT_SOURCE)
     prompt_list = read_prompts(prompts) if prompts is not None else []
     # Everything that can be refused is checked before a model is loaded.
@@ -231,7 +231,7 @@ def run_eval(
     base_dir = resolve_model_dir(base) if base is not None else None
     vocab = read_qwen3_config(model_dir)["vocab_size"]
     if base_dir is not None and read_qwen3_config(base_dir)["vocab_size"] != vocab:
-        raise QpruneError(f"{model} and --base {base} have different vocabularies; perplexities would not compare")
+        raise QpruneError(f"{model} and {{base}} {base} have different vocabularies; perplexities would not compare")
     tokenizer = load_tokenizer(model_dir)
     tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)
     windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading

@@ -46,9 +46,9 @@ class Constraints:
 
     def __post_init__(self) -> None:
         if self.only not in (None, "attn", "mlp"):
-            raise QpruneError(f"--only {self.only}: choose attn or mlp")
+            raise QpruneError(f"{{only}} {self.only}: choose attn or mlp")
         if self.whole_layers and self.only is not None:
-            raise QpruneError("--whole-layers removes both blocks of a layer; it cannot be combined with --only")
+            raise QpruneError("{whole_layers} removes both blocks of a layer; it cannot be combined with {only}")
 
     def allows(self, block: Block, num_layers: int) -> bool:
         layer, kind = block
@@ -66,11 +66,11 @@ class Target:
 
     def __post_init__(self) -> None:
         if (self.blocks is None) == (self.param_ratio is None):
-            raise QpruneError("give exactly one of --blocks N and --param-ratio R")
+            raise QpruneError("give exactly one of {blocks} and {param_ratio}")
         if self.blocks is not None and self.blocks < 1:
-            raise QpruneError("--blocks must be at least 1")
+            raise QpruneError("{blocks} must be at least 1")
         if self.param_ratio is not None and not 0 < self.param_ratio < 1:
-            raise QpruneError("--param-ratio must be between 0 and 1 (the share of decoder parameters to remove)")
+            raise QpruneError("{param_ratio} must be between 0 and 1 (the share of decoder parameters to remove)")
 
     def describe(self) -> dict:
         return {"blocks": self.blocks} if self.blocks is not None else {"param_ratio": self.param_ratio}
@@ -88,7 +88,7 @@ class _Budget:
         if target.param_ratio is not None and self.removed_params / self.total >= target.param_ratio:
             raise QpruneError(
                 f"the model already lacks {self.removed_params / self.total:.1%} of its decoder parameters, "
-                f"at least the --param-ratio {target.param_ratio}"
+                f"at least the {{param_ratio}} {target.param_ratio}"
             )
         self.chosen = 0
 
@@ -105,7 +105,7 @@ class _Budget:
         if not any(self.fits(b) for b in candidates):
             smallest = min(self.size(b) for b in candidates)
             raise QpruneError(
-                f"--param-ratio {self.target.param_ratio}: no block fits; the smallest that may be removed holds "
+                f"{{param_ratio}} {self.target.param_ratio}: no block fits; the smallest that may be removed holds "
                 f"{smallest / self.total:.1%} of the decoder parameters"
             )
 
@@ -163,14 +163,14 @@ def _candidates(model, removed: set[Block], constraints: Constraints) -> list[Bl
     else:
         blocks = [b for b in all_blocks(n) if b not in removed and constraints.allows(b, n)]
     if not blocks:
-        raise QpruneError("no block may be removed under --only / --keep-first / --keep-last")
+        raise QpruneError("no block may be removed under {only} / {keep_first} / {keep_last}")
     return blocks
 
 
 def _check_reachable(target: Target, candidates: list[Block]) -> None:
     if target.blocks is not None and target.blocks > len(candidates):
         raise QpruneError(
-            f"--blocks {target.blocks}: only {len(candidates)} blocks may be removed under the constraints"
+            f"{{blocks}} {target.blocks}: only {len(candidates)} blocks may be removed under the constraints"
         )
 
 
@@ -186,7 +186,7 @@ def greedy_search(
 ) -> SearchResult:
     """Remove blocks one at a time, each step the one that raises `metric` least (ties: forward order)."""
     if metric not in SEARCH_METRICS:
-        raise QpruneError(f"--metric {metric}: the greedy search uses {' or '.join(SEARCH_METRICS)}")
+        raise QpruneError(f"{{metric}} {metric}: the greedy search uses {' or '.join(SEARCH_METRICS)}")
     start = time.perf_counter()
     kl = metric == "kl"
     runner_class = FullForwardRunner if naive else BlockRunner
@@ -233,7 +233,7 @@ def oneshot_search(
     from qprune.measure.scan import scan_blocks
 
     if metric not in ONESHOT_METRICS:
-        raise QpruneError(f"--metric {metric}: the one-shot method ranks by {', '.join(ONESHOT_METRICS)}")
+        raise QpruneError(f"{{metric}} {metric}: the one-shot method ranks by {', '.join(ONESHOT_METRICS)}")
     start = time.perf_counter()
     scan = scan_blocks(
         model, batch, progress=progress, ablation=metric in SEARCH_METRICS, whole_layers=constraints.whole_layers
@@ -274,7 +274,7 @@ def search(
     progress=None,
 ) -> SearchResult:
     if method not in METHODS:
-        raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
+        raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
     if method == "greedy":
         return greedy_search(model, batch, target, metric or "nll", constraints, progress=progress)
     return oneshot_search(model, batch, target, metric or "cosine", constraints, progress=progress)
@@ -327,14 +327,14 @@ def auto_prune(
 
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
     if method not in METHODS:
-        raise QpruneError(f"--method {method}: choose {' or '.join(METHODS)}")
+        raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
     from qprune.progress import as_progress
 
     progress = as_progress(progress)
     model_dir = str(resolve_model_dir(source))  # once: a hub id is looked up here, not again below
     model, batch = load_for_measurement(model_dir, spec, dtype, progress)
     if model.config.use_sliding_window and constraints.only != "mlp":
-        raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: add --only mlp")
+        raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: restrict {only} to mlp")
     unit = "layers" if constraints.whole_layers else "blocks"
     goal = f"{target.blocks} {unit}" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
     progress.note(f"searching ({method}): {goal}")

@@ -116,7 +116,7 @@ def prune(
     num_layers = config["num_hidden_layers"]
     plan.validate(num_layers)
     if plan.num_blocks == 0:
-        raise QpruneError("the plan prunes no blocks: give --attn, --mlp or --plan")
+        raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers")
     if plan.attn and config.get("use_sliding_window"):
         raise QpruneError("pruning attention blocks of a sliding-window Qwen3 is not supported")
     total = source_checkpoint.plan.union(plan)

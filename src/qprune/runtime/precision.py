@@ -45,7 +45,7 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     if name is None or name == "auto":
         return None
     if name not in DTYPES:
-        raise QpruneError(f"--dtype {name}: choose one of {', '.join(DTYPES)}")
+        raise QpruneError(f"{{dtype}} {name}: choose one of {', '.join(DTYPES)}")
     return getattr(torch, name)
 
 

@@ -55,13 +55,13 @@ def mode_named(name: str, on_cuda: bool) -> Mode:
     """The mode, checked: known, its library installed, and able to run on this device."""
     mode = MODES.get(name)
     if mode is None:
-        raise QpruneError(f"--quantize {name!r}: choose one of {', '.join(MODES)}")
+        raise QpruneError(f"{{quantize}} {name!r}: choose one of {', '.join(MODES)}")
     if importlib.util.find_spec(mode.library) is None:
-        raise QpruneError(f"--quantize {name} needs {mode.library}: pip install 'qprune[quant]'")
+        raise QpruneError(f"{{quantize}} {name} needs {mode.library}: pip install 'qprune[quant]'")
     quiet_library_logs()
     if mode.cuda_only and not on_cuda:
         raise QpruneError(
-            f"--quantize {name} needs a CUDA GPU: {mode.library} has no CPU kernel for it; "
+            f"{{quantize}} {name} needs a CUDA GPU: {mode.library} has no CPU kernel for it; "
             "on a CPU use nf4 or torchao-int8"
         )
     return mode
