@@ -202,3 +202,15 @@ def _assert_clean_error(result, message, tmp_path, out="out"):
     assert "Traceback" not in result.output
     assert not (tmp_path / out).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial output
+
+
+def test_sliding_window_attention_is_refused_and_its_mlp_pruned(tmp_path, untied_base):
+    source = tmp_path / "sliding"
+    shutil.copytree(untied_base, source)
+    config = json.loads((source / "config.json").read_text()) | {"use_sliding_window": True, "sliding_window": 8}
+    (source / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["prune", str(source), str(tmp_path / "a"), "--attn", "1"])
+    assert result.exit_code == 2
+    assert result.output == "error: attention blocks of a sliding-window Qwen3 cannot be pruned\n"
+    assert not (tmp_path / "a").exists()
+    qprune.prune(str(source), tmp_path / "m", Plan(mlp=(1,)))  # MLP blocks are fine

@@ -42,6 +42,15 @@ _DEFAULTS = {
 }
 
 
+def attention_prunable(config: dict) -> bool:
+    """Whether attention blocks may be pruned. Not in sliding-window Qwen3s: their KV-cache slots are
+    typed by position, and the compact slots of a pruned model would mix sliding and full layers."""
+    return not config.get("use_sliding_window")
+
+
+SLIDING_WINDOW_ATTENTION = "attention blocks of a sliding-window Qwen3 cannot be pruned"
+
+
 def config_field(config: dict, name: str):
     """A config.json field, or Qwen3Config's default where the file leaves it out."""
     return config.get(name, _DEFAULTS[name])

@@ -36,7 +36,7 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.transformers_utils.config import set_default_rope_theta
 
-from qprune.arch.qwen3 import expected_tensors, tensor_block
+from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable, expected_tensors, tensor_block
 
 
 class PrunedQwen3DecoderLayer(nn.Module):
@@ -54,9 +54,8 @@ class PrunedQwen3DecoderLayer(nn.Module):
         set_default_rope_theta(config, default_theta=1000000)
         self.self_attn = self.input_layernorm = self.mlp = self.post_attention_layernorm = None
         if layer not in config.pruned_attn_layers:
-            if getattr(config, "use_sliding_window", False):
-                # vLLM gives sliding and full layers separate cache groups by position; untested with gaps.
-                raise ValueError("serving a sliding-window Qwen3 with pruned attention is not supported")
+            if config.pruned_attn_layers and not attention_prunable(config.to_dict()):
+                raise ValueError(SLIDING_WINDOW_ATTENTION)
             self.self_attn = Qwen3Attention(
                 hidden_size=config.hidden_size,
                 num_heads=config.num_attention_heads,

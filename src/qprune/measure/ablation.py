@@ -91,8 +91,8 @@ def skipping(model, blocks: Iterable[Block]) -> Iterator[None]:
 
 
 def _set_flags(model, blocks: set[Block]) -> None:
-    for i, layer in enumerate(model.model.layers):
-        layer.prune_self_attn, layer.prune_mlp = (i, "attn") in blocks, (i, "mlp") in blocks
+    # Through the model's own setter, which refuses to un-prune a block whose weights were never loaded.
+    model.set_pruned(attn=[i for i, kind in blocks if kind == "attn"], mlp=[i for i, kind in blocks if kind == "mlp"])
 
 
 def micro_batches(batch: torch.Tensor, vocab_size: int, budget_bytes: int = 2**28) -> list[torch.Tensor]:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
 from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError
 from qprune.measure.ablation import Block, BlockRunner, FullForwardRunner, all_blocks, expand
@@ -333,8 +334,8 @@ def auto_prune(
     progress = as_progress(progress)
     model_dir = str(resolve_model_dir(source))  # once: a hub id is looked up here, not again below
     model, batch = load_for_measurement(model_dir, spec, dtype, progress)
-    if model.config.use_sliding_window and constraints.only != "mlp":
-        raise QpruneError("attention blocks of a sliding-window Qwen3 cannot be pruned: restrict {only} to mlp")
+    if not attention_prunable(model.config.to_dict()) and constraints.only != "mlp":
+        raise QpruneError(SLIDING_WINDOW_ATTENTION + ": restrict {only} to mlp")
     unit = "layers" if constraints.whole_layers else "blocks"
     goal = f"{target.blocks} {unit}" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
     progress.note(f"searching ({method}): {goal}")

@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
@@ -117,8 +118,8 @@ def prune(
     plan.validate(num_layers)
     if plan.num_blocks == 0:
         raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers")
-    if plan.attn and config.get("use_sliding_window"):
-        raise QpruneError("pruning attention blocks of a sliding-window Qwen3 is not supported")
+    if plan.attn and not attention_prunable(config):
+        raise QpruneError(SLIDING_WINDOW_ATTENTION)
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
     kept = [entry for entry in tensors if not total.prunes(entry.name)]
