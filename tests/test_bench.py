@@ -10,8 +10,9 @@ import torch
 from conftest import save_tiny_qwen3
 from typer.testing import CliRunner
 
+from qprune.arch.qwen3 import QWEN3
 from qprune.cli.app import app
-from qprune.cost import QWEN3_SHAPES, IdealSpeedups, Shape, ideal_speedups, kv_bytes, parameter_count
+from qprune.cost import IdealSpeedups, Shape, ideal_speedups, kv_bytes, parameter_count
 from qprune.measure.bench import BenchSettings, measure, random_pair, run_bench
 from qprune.ops.prune import prune
 from qprune.plan import Plan
@@ -100,7 +101,7 @@ def test_bench_checkpoints_json(untied_base, tmp_path):
 
 
 def test_bench_shape_uses_the_named_shape(monkeypatch):
-    monkeypatch.setitem(QWEN3_SHAPES, "qwen3-tiny", TINY)
+    monkeypatch.setitem(QWEN3.bench_shapes, "qwen3-tiny", TINY.to_dict())
     report = run_bench(shape="qwen3-tiny", plan=Plan.parse("0-1", None), settings=QUICK, progress=False).to_dict()
     assert report["shape"] == TINY.to_dict() and report["pruned_plan"] == {"attn": [0, 1], "mlp": []}
     assert report["pruned"]["kv_bytes"] * 2 == report["dense"]["kv_bytes"]

@@ -15,7 +15,7 @@ import qprune
 from qprune import PrunedQwen3ForCausalLM
 from qprune.errors import QpruneError
 from qprune.io.safetensors import read_checkpoint
-from qprune.modeling.modeling_pruned_qwen3 import MissingTensorsError
+from qprune.modeling.pruned_blocks import MissingTensorsError
 from qprune.plan import Plan
 from qprune.runtime.load import load_config
 

@@ -5,7 +5,7 @@ import pytest
 from qprune.arch.qwen3 import tensor_block
 from qprune.errors import QpruneError
 from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-from qprune.modeling.configuration_pruned_qwen3 import tensor_block as modeling_tensor_block
+from qprune.modeling.pruned_blocks import tensor_block as modeling_tensor_block
 from qprune.plan import Plan
 
 NAMES = [
@@ -18,6 +18,8 @@ NAMES = [
     "model.norm.weight",
     "lm_head.weight",
     "layers.3.mlp.up_proj.weight",
+    "model.layers.5.mlp.gate.weight",
+    "model.layers.5.mlp.experts.17.down_proj.weight",
 ]
 
 
@@ -32,6 +34,8 @@ def test_tensor_blocks():
         None,
         None,
         (3, "mlp"),
+        (5, "mlp"),
+        (5, "mlp"),
     ]
 
 

@@ -130,7 +130,7 @@ def _bin_only(path):
 BAD_SOURCES = {
     "truncated shard": (lambda p: _truncate(sorted(p.glob("model-*.safetensors"))[1]), "is truncated"),
     "missing shard": (lambda p: sorted(p.glob("model-*.safetensors"))[0].unlink(), "is missing"),
-    "not a qwen3": (None, "holds a llama model, not a Qwen3"),
+    "not a qwen3": (None, "holds a llama model; qprune supports Qwen3 (qwen3), Qwen3-MoE (qwen3_moe)"),
     "only bin weights": (None, "has only PyTorch .bin weights"),
     "no config": (lambda p: (p / "config.json").unlink(), "has no config.json"),
     "damaged header": (

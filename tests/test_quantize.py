@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import qprune
 from qprune.cli.app import app
 from qprune.errors import QpruneError
-from qprune.modeling.modeling_pruned_qwen3 import PrunedLinear
+from qprune.modeling.pruned_blocks import PrunedLinear
 from qprune.plan import Plan
 from qprune.runtime.quantize import MODES, parameter_bytes, quantize
 

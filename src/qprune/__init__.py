@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "PrunedQwen3Config": "qprune.modeling.configuration_pruned_qwen3",
-    "PrunedLinear": "qprune.modeling.modeling_pruned_qwen3",
+    "PrunedLinear": "qprune.modeling.pruned_blocks",
+    "PrunedQwen3MoeConfig": "qprune.modeling.configuration_pruned_qwen3_moe",
+    "PrunedQwen3MoeForCausalLM": "qprune.modeling.modeling_pruned_qwen3_moe",
     "PrunedQwen3DecoderLayer": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3ForCausalLM": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3Model": "qprune.modeling.modeling_pruned_qwen3",
@@ -44,6 +46,8 @@ __all__ = [
     "PrunedQwen3DecoderLayer",
     "PrunedQwen3ForCausalLM",
     "PrunedQwen3Model",
+    "PrunedQwen3MoeConfig",
+    "PrunedQwen3MoeForCausalLM",
     "QpruneError",
     "export",
     "heal",
@@ -61,12 +65,14 @@ if TYPE_CHECKING:
     from qprune.healing.lora import lora_config, pruned_modules
     from qprune.measure.verify import verify
     from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
+    from qprune.modeling.configuration_pruned_qwen3_moe import PrunedQwen3MoeConfig
     from qprune.modeling.modeling_pruned_qwen3 import (
-        PrunedLinear,
         PrunedQwen3DecoderLayer,
         PrunedQwen3ForCausalLM,
         PrunedQwen3Model,
     )
+    from qprune.modeling.modeling_pruned_qwen3_moe import PrunedQwen3MoeForCausalLM
+    from qprune.modeling.pruned_blocks import PrunedLinear
     from qprune.ops.export import export
     from qprune.ops.prune import prune
     from qprune.plan import Plan

@@ -1,6 +1,6 @@
 """What a pruning plan can save at best: parameter counts, prefill FLOPs and decode bytes, from a config.
 
-    shape = Shape.from_config(config)           # or QWEN3_SHAPES["qwen3-0.6b"]
+    shape = Shape.from_config(config)           # or shape_named("qwen3-0.6b"), shape_named("qwen3-30b-a3b")
     ideal = ideal_speedups(shape, dense_plan, pruned_plan, batch=1, prompt_len=512, new_tokens=64)
     ideal.prefill, ideal.decode                 # dense cost / pruned cost
 
@@ -9,10 +9,14 @@ The model of cost is the roofline's two ends, the one papers use for pruned mode
   block costs its four projections plus attention over the prompt (a causal prompt of L tokens attends
   to (L + 1) / 2 tokens on average); a kept MLP block its three projections. The lm_head runs for the
   last position only (as in `generate`), so it adds 2·hidden·vocab / L per token. The embedding is a
-  lookup (no FLOPs); norms, rotary and activations are not counted.
+  lookup (no FLOPs); norms, rotary and activations are not counted. A sparse MoE block costs its router
+  and the `experts_per_token` experts each token runs.
 - decode is memory-bound: time goes with the bytes read per step. A step reads every kept weight once
   (kept blocks, final norm, lm_head; B embedding rows) and, for each sequence, the K and V of every kept
-  attention layer over the context (on average prompt_len + (new_tokens + 1) / 2 tokens).
+  attention layer over the context (on average prompt_len + (new_tokens + 1) / 2 tokens). A sparse MoE
+  block reads its router and the experts the batch's B tokens pick: E·(1 - (1 - k/E)^B) of E on
+  average if routing is uniform (k at batch 1).
+Parameters count every expert: that is what a checkpoint stores and memory holds.
 
 Pure arithmetic, no torch: the tests check it against numbers worked out by hand.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from qprune.arch import shape_names
 from qprune.errors import QpruneError
 from qprune.plan import Plan
 
@@ -38,13 +43,40 @@ class Shape:
     vocab: int
     tied: bool
     attention_bias: bool = False
+    # Qwen3-MoE: sparse MoE blocks of `experts` experts (0: a dense Qwen3), each token running
+    # `experts_per_token` of width `expert_intermediate`; layers in `dense_mlp_layers` have a dense MLP.
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
+    dense_mlp_layers: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config) -> Shape:
         """From a config object or a config.json dict."""
-        get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+        from qprune.arch import MODEL_TYPES, family_of
+        from qprune.arch.qwen3_moe import num_experts, sparse_layers
+
+        if isinstance(config, dict):  # a config.json: what it leaves out is the family's default
+            family = family_of(config) if config.get("model_type") in MODEL_TYPES else None
+            get = config.get if family is None else lambda key, default=None: family.config_field(config, key)
+        else:
+            get = lambda key, default=None: getattr(config, key, default)  # noqa: E731
         hidden, heads = get("hidden_size"), get("num_attention_heads")
+        moe = {}
+        experts = num_experts(config) if isinstance(config, dict) else get("num_experts")
+        if "moe" in (get("model_type") or "") and experts:
+            fields = {k: get(k) for k in ("decoder_sparse_step", "mlp_only_layers") if get(k) is not None}
+            sparse = set(
+                sparse_layers({**fields, "num_experts": experts, "num_hidden_layers": get("num_hidden_layers")})
+            )
+            moe = dict(
+                experts=experts,
+                experts_per_token=get("num_experts_per_tok"),
+                expert_intermediate=get("moe_intermediate_size"),
+                dense_mlp_layers=tuple(i for i in range(get("num_hidden_layers")) if i not in sparse),
+            )
         return cls(
+            **moe,
             hidden=hidden,
             intermediate=get("intermediate_size"),
             layers=get("num_hidden_layers"),
@@ -56,9 +88,28 @@ class Shape:
             attention_bias=bool(get("attention_bias", False)),
         )
 
+    @property
+    def model_type(self) -> str:
+        return "qwen3_moe" if self.experts else "qwen3"
+
+    def is_sparse(self, layer: int) -> bool:
+        return self.experts > 0 and layer not in self.dense_mlp_layers
+
+    def with_layers(self, layers: int) -> Shape:
+        """The same shape, `layers` deep (a bench that does not fit memory at full depth)."""
+        dense = tuple(i for i in self.dense_mlp_layers if i < layers)
+        return Shape(**{**self.to_dict(), "layers": layers, "dense_mlp_layers": dense})
+
     def config_fields(self) -> dict:
-        """Keyword arguments for `Qwen3Config` that give this shape."""
-        return {
+        """Keyword arguments for the family's config class (`Qwen3Config`, `Qwen3MoeConfig`)."""
+        moe = {
+            "num_experts": self.experts,
+            "num_experts_per_tok": self.experts_per_token,
+            "moe_intermediate_size": self.expert_intermediate,
+            "mlp_only_layers": list(self.dense_mlp_layers),
+            "head_dim": self.head_dim,
+        }
+        return (moe if self.experts else {}) | {
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,
@@ -74,45 +125,57 @@ class Shape:
         return asdict(self)
 
 
-# The dense Qwen3 family, from the released config.json files (all: head_dim 128, vocab 151,936).
-QWEN3_SHAPES = {
-    "qwen3-0.6b": Shape(1024, 3072, 28, 16, 8, 128, 151936, tied=True),
-    "qwen3-1.7b": Shape(2048, 6144, 28, 16, 8, 128, 151936, tied=True),
-    "qwen3-4b": Shape(2560, 9728, 36, 32, 8, 128, 151936, tied=True),
-    "qwen3-8b": Shape(4096, 12288, 36, 32, 8, 128, 151936, tied=False),
-    "qwen3-14b": Shape(5120, 17408, 40, 40, 8, 128, 151936, tied=False),
-    "qwen3-32b": Shape(5120, 25600, 64, 64, 8, 128, 151936, tied=False),
-}
-
-
 def shape_named(name: str) -> Shape:
+    """A released model's shape by name (each family's `bench_shapes` in `arch/`)."""
+    shapes = shape_names()
     try:
-        return QWEN3_SHAPES[name.lower()]
+        return Shape(**shapes[name.lower()])
     except KeyError:
-        raise QpruneError(f"{{shape}} {name}: unknown; choose one of {', '.join(QWEN3_SHAPES)}") from None
+        raise QpruneError(f"{{shape}} {name}: unknown; choose one of {', '.join(shapes)}") from None
 
 
-def block_parameters(shape: Shape) -> dict[str, int]:
-    """Parameters of one attention block and one MLP block, their norms included."""
+def _expert_parameters(shape: Shape) -> int:
+    return 3 * shape.hidden * shape.expert_intermediate
+
+
+def block_parameters(shape: Shape, layer: int = 0) -> dict[str, int]:
+    """Parameters of layer `layer`'s attention block and MLP block, their norms included (a sparse MoE
+    block: its router and every expert)."""
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     bias = q + 2 * kv + shape.hidden if shape.attention_bias else 0  # q, k, v and o_proj biases
     attn = shape.hidden * q + 2 * shape.hidden * kv + q * shape.hidden + bias + 2 * shape.head_dim + shape.hidden
-    mlp = 3 * shape.hidden * shape.intermediate + shape.hidden
+    if shape.is_sparse(layer):
+        mlp = shape.experts * (_expert_parameters(shape) + shape.hidden) + shape.hidden
+    else:
+        mlp = 3 * shape.hidden * shape.intermediate + shape.hidden
     return {"attn": attn, "mlp": mlp}
+
+
+def _active_mlp_parameters(shape: Shape, layer: int, experts_run: float) -> float:
+    """Parameters an MLP block reads when `experts_run` of its experts run (dense blocks: all)."""
+    if not shape.is_sparse(layer):
+        return block_parameters(shape, layer)["mlp"]
+    return shape.experts * shape.hidden + experts_run * _expert_parameters(shape) + shape.hidden
+
+
+def _kept_layers(shape: Shape, plan: Plan) -> tuple[list[int], list[int]]:
+    plan.validate(shape.layers)
+    layers = range(shape.layers)
+    return [i for i in layers if i not in plan.attn], [i for i in layers if i not in plan.mlp]
 
 
 def kept_blocks(shape: Shape, plan: Plan) -> tuple[int, int]:
     """(attention blocks, MLP blocks) that run under `plan`."""
-    plan.validate(shape.layers)
-    return shape.layers - len(plan.attn), shape.layers - len(plan.mlp)
+    attn, mlp = _kept_layers(shape, plan)
+    return len(attn), len(mlp)
 
 
 def parameter_count(shape: Shape, plan: Plan) -> int:
     """Parameters a model loaded under `plan` holds (a tied lm_head counts once)."""
-    attn, mlp = kept_blocks(shape, plan)
-    sizes = block_parameters(shape)
+    attn, mlp = _kept_layers(shape, plan)
     embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
-    return attn * sizes["attn"] + mlp * sizes["mlp"] + embeddings + shape.hidden  # + final norm
+    blocks = sum(block_parameters(shape, i)["attn"] for i in attn) + sum(block_parameters(shape, i)["mlp"] for i in mlp)
+    return blocks + embeddings + shape.hidden  # + final norm
 
 
 def kv_bytes(shape: Shape, plan: Plan, batch: int, tokens: int, dtype_bytes: int) -> int:
@@ -122,19 +185,28 @@ def kv_bytes(shape: Shape, plan: Plan, batch: int, tokens: int, dtype_bytes: int
 
 
 def prefill_flops_per_token(shape: Shape, plan: Plan, prompt_len: int) -> float:
-    attn, mlp = kept_blocks(shape, plan)
+    attn, mlp_layers = kept_blocks(shape, plan)[0], _kept_layers(shape, plan)[1]
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     projections = 2 * (shape.hidden * q + 2 * shape.hidden * kv + q * shape.hidden)
     # QK^T and AV: 2 FLOPs per multiply-add, 2 products, over (L + 1) / 2 keys on average.
     attention = 2 * 2 * q * (prompt_len + 1) / 2
     lm_head = 2 * shape.hidden * shape.vocab / prompt_len
-    return attn * (projections + attention) + mlp * 2 * 3 * shape.hidden * shape.intermediate + lm_head
+    # A token runs a dense MLP's three projections, or a sparse block's router and k experts.
+    mlp = sum(2 * (_active_mlp_parameters(shape, i, shape.experts_per_token) - shape.hidden) for i in mlp_layers)
+    return attn * (projections + attention) + mlp + lm_head
 
 
 def decode_bytes_per_step(
     shape: Shape, plan: Plan, batch: int, prompt_len: int, new_tokens: int, dtype_bytes: int
 ) -> float:
     weights = parameter_count(shape, plan) - (0 if shape.tied else shape.vocab * shape.hidden)  # input embedding
+    if shape.experts:  # a step reads only the experts its B tokens pick
+        k, e = shape.experts_per_token, shape.experts
+        touched = e * (1 - (1 - k / e) ** batch)
+        mlp_layers = _kept_layers(shape, plan)[1]
+        weights -= sum(
+            block_parameters(shape, i)["mlp"] - _active_mlp_parameters(shape, i, touched) for i in mlp_layers
+        )
     weight_bytes = (weights + batch * shape.hidden) * dtype_bytes  # + the rows the batch looks up
     context = prompt_len + (new_tokens + 1) / 2
     return weight_bytes + kv_bytes(shape, plan, batch, 1, dtype_bytes) * context

@@ -1,2 +1,34 @@
-"""Model families as data: which tensors and shapes a config implies, and which block each belongs to.
-Read by io (completeness checks), ops (prune, export) and the vLLM integration."""
+"""The model families qprune prunes, each described as data (`family.Family`), one file per family.
+
+from qprune.arch import family_of
+family = family_of(config)        # Qwen3 or Qwen3-MoE, from config.json's model_type
+"""
+
+from __future__ import annotations
+
+from qprune.arch.family import Family, family_for
+from qprune.arch.qwen3 import QWEN3, SLIDING_WINDOW_ATTENTION, attention_prunable, tensor_block
+from qprune.arch.qwen3_moe import QWEN3_MOE
+
+FAMILIES: tuple[Family, ...] = (QWEN3, QWEN3_MOE)
+MODEL_TYPES = tuple(t for f in FAMILIES for t in (f.model_type, f.pruned_model_type))
+
+__all__ = [
+    "FAMILIES",
+    "MODEL_TYPES",
+    "SLIDING_WINDOW_ATTENTION",
+    "Family",
+    "attention_prunable",
+    "family_of",
+    "tensor_block",
+]
+
+
+def family_of(config: dict, where: str = "the model") -> Family:
+    """The family of a config.json (stock or pruned model_type); an unsupported one names those supported."""
+    return family_for(config, FAMILIES, where)
+
+
+def shape_names() -> dict:
+    """Every family's bench shapes by name."""
+    return {name: fields for family in FAMILIES for name, fields in family.bench_shapes.items()}

@@ -1,7 +1,7 @@
 """Qwen3 as data: the block each tensor belongs to, and every tensor (with its shape) a config implies.
 
     tensor_block("model.layers.3.mlp.up_proj.weight")    # (3, "mlp")
-    expected_tensors(config)                               # {"model.embed_tokens.weight": (vocab, hidden), ...}
+    QWEN3.expected_tensors(config)                         # {"model.embed_tokens.weight": (vocab, hidden), ...}
 
 A layer has two blocks. Attention is `self_attn.*` plus `input_layernorm`, the norm in front of it;
 the MLP is `mlp.*` plus `post_attention_layernorm`. Pruning a block removes exactly these tensors, and
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 
-# Mirrors `tensor_block` in modeling/configuration_pruned_qwen3.py, which must stay free of qprune
+from qprune.arch.family import Family
+
+# Mirrors `tensor_block` in modeling/pruned_blocks.py, which must stay free of qprune
 # imports because it is copied into checkpoints; tests/test_plan.py checks that the two agree.
 _LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|input_layernorm|mlp|post_attention_layernorm)\.")
 _ATTN_SUBMODULES = ("self_attn", "input_layernorm")
-OUTPUT_PROJECTIONS = {"attn": "self_attn.o_proj", "mlp": "mlp.down_proj"}  # zero: the block adds nothing
 
 
 def tensor_block(name: str) -> tuple[int, str] | None:
@@ -51,19 +52,27 @@ def attention_prunable(config: dict) -> bool:
 SLIDING_WINDOW_ATTENTION = "attention blocks of a sliding-window Qwen3 cannot be pruned"
 
 
-def config_field(config: dict, name: str):
-    """A config.json field, or Qwen3Config's default where the file leaves it out."""
-    return config.get(name, _DEFAULTS[name])
+def config_field(config: dict, name: str, defaults: dict = _DEFAULTS):
+    """A config.json field, or the stock config's default where the file leaves it out."""
+    return config.get(name, defaults[name])
 
 
-def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a dense Qwen3 with this (validated) config, with its shape. lm_head is listed
-    even when tied (a tied checkpoint may omit it)."""
-    hidden, vocab = config_field(config, "hidden_size"), config_field(config, "vocab_size")
-    inner = config_field(config, "intermediate_size")
-    heads = config_field(config, "num_attention_heads")
-    kv_heads = config_field(config, "num_key_value_heads") or heads  # null means one per query head
-    head_dim = config_field(config, "head_dim") or hidden // heads
+def dense_mlp_tensors(prefix: str, hidden: int, inner: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.gate_proj.weight": (inner, hidden),
+        f"{prefix}.up_proj.weight": (inner, hidden),
+        f"{prefix}.down_proj.weight": (hidden, inner),
+    }
+
+
+def decoder_tensors(config: dict, mlp_tensors, defaults: dict = _DEFAULTS) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a dense Qwen3-style decoder with this (validated) config, with its shape; each
+    layer's feed-forward tensors come from `mlp_tensors(layer, hidden)`. lm_head is listed even when
+    tied (a tied checkpoint may omit it)."""
+    hidden, vocab = config_field(config, "hidden_size", defaults), config_field(config, "vocab_size", defaults)
+    heads = config_field(config, "num_attention_heads", defaults)
+    kv_heads = config_field(config, "num_key_value_heads", defaults) or heads  # null means one per query head
+    head_dim = config_field(config, "head_dim", defaults) or hidden // heads
     q_width, kv_width = heads * head_dim, kv_heads * head_dim
     shapes = {
         "model.embed_tokens.weight": (vocab, hidden),
@@ -71,7 +80,7 @@ def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
         "lm_head.weight": (vocab, hidden),
     }
     for i in range(config["num_hidden_layers"]):
-        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
+        attn = f"model.layers.{i}.self_attn"
         shapes |= {
             f"model.layers.{i}.input_layernorm.weight": (hidden,),
             f"{attn}.q_proj.weight": (q_width, hidden),
@@ -81,11 +90,9 @@ def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
             f"{attn}.q_norm.weight": (head_dim,),
             f"{attn}.k_norm.weight": (head_dim,),
             f"model.layers.{i}.post_attention_layernorm.weight": (hidden,),
-            f"{mlp}.gate_proj.weight": (inner, hidden),
-            f"{mlp}.up_proj.weight": (inner, hidden),
-            f"{mlp}.down_proj.weight": (hidden, inner),
         }
-        if config_field(config, "attention_bias"):
+        shapes |= mlp_tensors(i, hidden)
+        if config_field(config, "attention_bias", defaults):
             shapes |= {
                 f"{attn}.q_proj.bias": (q_width,),
                 f"{attn}.k_proj.bias": (kv_width,),
@@ -93,3 +100,38 @@ def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
                 f"{attn}.o_proj.bias": (hidden,),
             }
     return shapes
+
+
+def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a dense Qwen3 with this (validated) config, with its shape."""
+    inner = config_field(config, "intermediate_size")
+    return decoder_tensors(config, lambda i, hidden: dense_mlp_tensors(f"model.layers.{i}.mlp", hidden, inner))
+
+
+# The dense Qwen3 family, from the released config.json files (all: head_dim 128, vocab 151,936).
+def _shape(hidden: int, inner: int, layers: int, heads: int, tied: bool) -> dict:
+    return dict(hidden=hidden, intermediate=inner, layers=layers, heads=heads, kv_heads=8, head_dim=128,
+                vocab=151936, tied=tied)  # fmt: skip
+
+
+QWEN3 = Family(
+    model_type="qwen3",
+    title="Qwen3",
+    stock_class="Qwen3ForCausalLM",
+    stock_config_class="Qwen3Config",
+    pruned_config_class="PrunedQwen3Config",
+    pruned_class="PrunedQwen3ForCausalLM",
+    config_module="configuration_pruned_qwen3",
+    modeling_module="modeling_pruned_qwen3",
+    output_projections={"attn": ("self_attn.o_proj",), "mlp": ("mlp.down_proj",)},
+    expected_tensors=expected_tensors,
+    config_defaults=_DEFAULTS,
+    bench_shapes={
+        "qwen3-0.6b": _shape(1024, 3072, 28, 16, tied=True),
+        "qwen3-1.7b": _shape(2048, 6144, 28, 16, tied=True),
+        "qwen3-4b": _shape(2560, 9728, 36, 32, tied=True),
+        "qwen3-8b": _shape(4096, 12288, 36, 32, tied=False),
+        "qwen3-14b": _shape(5120, 17408, 40, 40, tied=False),
+        "qwen3-32b": _shape(5120, 25600, 64, 64, tied=False),
+    },
+)

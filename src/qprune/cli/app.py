@@ -312,7 +312,13 @@ def bench(
     model: Optional[str] = typer.Argument(None, help="Pruned checkpoint, measured against --base."),
     base: Optional[str] = typer.Option(None, "--base", help="The dense model MODEL was pruned from."),
     shape: Optional[str] = typer.Option(
-        None, "--shape", help="Instead of checkpoints: random weights of a Qwen3 shape (qwen3-0.6b ... qwen3-32b)."
+        None,
+        "--shape",
+        help="Instead of checkpoints: random weights of a released shape (qwen3-0.6b ... qwen3-32b, "
+        "qwen3-30b-a3b, qwen3-235b-a22b).",
+    ),
+    layers: Optional[int] = typer.Option(
+        None, "--layers", help="--shape: keep only its first N layers (for shapes that do not fit memory)."
     ),
     attn: Optional[str] = typer.Option(None, "--attn", help="--shape: layers whose attention to prune, e.g. 21-27."),
     mlp: Optional[str] = typer.Option(None, "--mlp", help="--shape: layers whose MLP to prune, e.g. 0,5."),
@@ -339,7 +345,7 @@ def bench(
 
         settings = BenchSettings(prompt_len, new_tokens, parse_batches(batch), repeats, warmup, seed)
         plan = Plan.parse(attn, mlp)
-        report = run_bench(model, base, shape, plan, settings, dtype, device, reporter(quiet), quantize)
+        report = run_bench(model, base, shape, plan, settings, dtype, device, reporter(quiet), quantize, layers)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
 

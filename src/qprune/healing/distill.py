@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qprune.arch import family_of
 from qprune.errors import QpruneError
 from qprune.measure.data import HELDOUT_SOURCE, DataSpec
 from qprune.progress import Progress, as_progress
@@ -489,7 +490,8 @@ def _write_checkpoint(student, checkpoint, tmp: Path) -> None:
     from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE
 
     dtype = getattr(torch, str(checkpoint.config.get("dtype") or checkpoint.config.get("torch_dtype") or "float32"))
-    state = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in student.state_dict().items()}
+    state = family_of(checkpoint.config).checkpoint_state(student.state_dict())  # on-disk names (MoE experts)
+    state = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in state.items()}
     if student.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     shards = split_torch_state_dict_into_shards(state, max_shard_size=DEFAULT_MAX_SHARD_SIZE)

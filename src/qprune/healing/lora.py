@@ -25,7 +25,7 @@ QWEN3_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 def pruned_modules(model) -> list[str]:
     """Full names of the pruned blocks' placeholder Linears (for PEFT's `exclude_modules`). Works on a
     PEFT-wrapped model too (the names are then the wrapped ones)."""
-    from qprune.modeling.modeling_pruned_qwen3 import PrunedLinear
+    from qprune.modeling.pruned_blocks import PrunedLinear
 
     return [name for name, module in model.named_modules() if isinstance(module, PrunedLinear)]
 

@@ -9,24 +9,28 @@ and never stops vLLM from serving other models.
 
 from __future__ import annotations
 
+import importlib
 import logging
 
-ARCHITECTURE = "PrunedQwen3ForCausalLM"
-MODEL_CLASS = "qprune.integrations.vllm_model:PrunedQwen3ForCausalLM"
+from qprune.arch import FAMILIES
+
+MODULE = "qprune.integrations.vllm_model"
 
 logger = logging.getLogger(__name__)
 
 
 def register() -> None:
-    """Teach vLLM (and the transformers it uses) the `pruned_qwen3` config and its model."""
+    """Teach vLLM (and the transformers it uses) every family's pruned config (`pruned_qwen3`,
+    `pruned_qwen3_moe`) and its model."""
     try:
         from transformers import AutoConfig
         from vllm import ModelRegistry
 
-        from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-
-        AutoConfig.register(PrunedQwen3Config.model_type, PrunedQwen3Config, exist_ok=True)
-        if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-            ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+        for family in FAMILIES:
+            config_module = importlib.import_module(f"qprune.modeling.{family.config_module}")
+            config_class = getattr(config_module, family.pruned_config_class)
+            AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+            if family.pruned_class not in ModelRegistry.get_supported_archs():
+                ModelRegistry.register_model(family.pruned_class, f"{MODULE}:{family.pruned_class}")
     except Exception as error:  # a plugin must never take vLLM down with it
         logger.warning("qprune: could not register pruned Qwen3 with vLLM (%s)", error)

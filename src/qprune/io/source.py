@@ -1,7 +1,7 @@
-"""Finding a model to work on: a local directory or a Hugging Face Hub id, and its Qwen3 config.
+"""Finding a model to work on: a local directory or a Hugging Face Hub id, and its config.
 
     model_dir = resolve_model_dir("Qwen/Qwen3-0.6B")   # downloads safetensors, config, tokenizer
-    config = read_qwen3_config(model_dir)              # raises unless it is a valid (pruned) Qwen3 config
+    config = read_model_config(model_dir)              # raises unless a supported family's valid config
     checkpoint = open_checkpoint("Qwen/Qwen3-0.6B")    # both, plus every header and tensor checked
 
 Only safetensors are ever downloaded or read; offline use gets an error that says what to do. Every
@@ -15,12 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch.qwen3 import config_field, expected_tensors, tensor_block
+from qprune.arch import family_of, tensor_block
 from qprune.errors import QpruneError
 from qprune.io.safetensors import TensorEntry, read_checkpoint
 from qprune.plan import Plan
 
-QWEN3_TYPES = ("qwen3", "pruned_qwen3")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pruned checkpoint needs from the hub: never pickled weights, never other formats.
 _HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
@@ -85,25 +84,31 @@ _STRINGS = ("qprune_base_model", "dtype", "torch_dtype")
 PLAN_FIELDS = ("pruned_attn_layers", "pruned_mlp_layers")
 
 
-def check_qwen3_config(config: dict, path: Path) -> None:
+def check_config(config: dict, path: Path) -> None:
     """Types and ranges of every config.json field qprune reads; the error names the field."""
     if not _is_int(config.get("num_hidden_layers")) or config["num_hidden_layers"] < 1:
         raise QpruneError(f"{path} has no valid num_hidden_layers (a positive integer)")
-    for name in _POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
-        given = name in config if name in _POSITIVE_INTS else config.get(name) is not None  # the others may be null
+    family_ints = family_of(config, str(path)).positive_int_fields
+    for name in _POSITIVE_INTS + family_ints + _OPTIONAL_POSITIVE_INTS:
+        given = (
+            name in config if name in _POSITIVE_INTS + family_ints else config.get(name) is not None
+        )  # the others may be null
         if given and not (_is_int(config[name]) and config[name] > 0):
             raise QpruneError(f"{path}: {name} must be a positive integer, not {config[name]!r}")
     for names, kind, test in ((_BOOLS, "true or false", bool), (_STRINGS, "a string", str)):
         for name in names:
             if config.get(name) is not None and not isinstance(config[name], test):
                 raise QpruneError(f"{path}: {name} must be {kind}, not {config[name]!r}")
+    for name in ("num_experts", "num_local_experts"):
+        if config.get(name) is not None and not (_is_int(config[name]) and config[name] >= 0):
+            raise QpruneError(f"{path}: {name} must be a non-negative integer, not {config[name]!r}")
     num_layers = config["num_hidden_layers"]
-    for name in PLAN_FIELDS:
-        layers = config.get(name, [])
+    for name in (*PLAN_FIELDS, "mlp_only_layers"):
+        layers = config.get(name) or []
         valid = (
             isinstance(layers, list)
             and all(_is_int(i) and 0 <= i < num_layers for i in layers)
-            and layers == sorted(set(layers))
+            and (layers == sorted(set(layers)) or name == "mlp_only_layers")  # a plan is kept canonical
         )
         if not valid:
             raise QpruneError(
@@ -111,14 +116,12 @@ def check_qwen3_config(config: dict, path: Path) -> None:
             )
 
 
-def read_qwen3_config(model_dir: Path) -> dict:
-    """config.json of a Qwen3 or qprune checkpoint, validated; anything else is refused with what it is."""
+def read_model_config(model_dir: Path) -> dict:
+    """config.json of a supported family's checkpoint (stock or pruned), validated; anything else is
+    refused with what it is and which families are supported."""
     config = read_config(model_dir)
-    model_type = config.get("model_type")
-    if model_type not in QWEN3_TYPES:
-        kind = model_type if isinstance(model_type, str) and model_type else "model of unknown type"
-        raise QpruneError(f"{model_dir} holds a {kind} model, not a Qwen3")
-    check_qwen3_config(config, model_dir / "config.json")
+    family_of(config, str(model_dir))
+    check_config(config, model_dir / "config.json")
     return config
 
 
@@ -144,7 +147,7 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     anything is written: config.json, the shard index, every safetensors header, and that the tensors
     the checkpoint's plan keeps are all there with the shapes its config implies."""
     model_dir = resolve_model_dir(str(source))
-    config = read_qwen3_config(model_dir)
+    config = read_model_config(model_dir)
     tensors = read_checkpoint(model_dir)
     check_complete(config, tensors, Plan.from_config(config), model_dir)
     return Checkpoint(model_dir, config, tensors)
@@ -162,8 +165,9 @@ def check_complete(config: dict, tensors: dict[str, TensorEntry], plan: Plan, wh
             )
     if config.get("quantization_config") is not None:
         return  # pre-quantized weights are packed under other names and shapes
-    tied = config_field(config, "tie_word_embeddings")
-    for name, shape in expected_tensors(config).items():
+    family = family_of(config)
+    tied = family.config_field(config, "tie_word_embeddings")
+    for name, shape in family.expected_tensors(config).items():
         if plan.prunes(name) or (tied and name == "lm_head.weight" and name not in tensors):
             continue
         if name not in tensors:

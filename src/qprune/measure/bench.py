@@ -154,20 +154,21 @@ def _size(n: int | None) -> str:
 
 
 def random_pair(shape: Shape, plan: Plan, dtype: torch.dtype, device: str, seed: int = 0):
-    """A dense random-weight Qwen3 of `shape` and its pruned twin, which shares the dense tensors."""
+    """A dense random-weight model of `shape` (Qwen3 or Qwen3-MoE) and its pruned twin, which shares the
+    dense tensors."""
     import torch
 
-    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-    from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+    from qprune.arch import family_of
 
+    config_class, model_class = family_of({"model_type": shape.model_type}).pruned_classes()
     plan.validate(shape.layers)
     fields = {**shape.config_fields(), "max_position_embeddings": 40960, "rope_theta": 1e6, "rms_norm_eps": 1e-6}
     torch.manual_seed(seed)
     with torch.device(device), _default_dtype(dtype):
-        dense = PrunedQwen3ForCausalLM(PrunedQwen3Config(**fields)).eval()
+        dense = model_class(config_class(**fields)).eval()
     with torch.device("meta"):
-        pruned = PrunedQwen3ForCausalLM(
-            PrunedQwen3Config(**fields, pruned_attn_layers=list(plan.attn), pruned_mlp_layers=list(plan.mlp))
+        pruned = model_class(
+            config_class(**fields, pruned_attn_layers=list(plan.attn), pruned_mlp_layers=list(plan.mlp))
         ).eval()
     # keep_vars: the same Parameter objects, so a tied lm_head stays tied and nothing is copied.
     kept = pruned.state_dict().keys()
@@ -192,11 +193,11 @@ def _default_dtype(dtype) -> Iterator[None]:
 
 def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str, quantize: str | None = None):
     """The base (dense) and pruned checkpoints, loaded; refused before loading unless their shapes agree."""
-    from qprune.io.source import read_qwen3_config, resolve_model_dir
+    from qprune.io.source import read_model_config, resolve_model_dir
     from qprune.runtime.load import load
 
     model_dir, base_dir = resolve_model_dir(model), resolve_model_dir(base)
-    shapes = Shape.from_config(read_qwen3_config(model_dir)), Shape.from_config(read_qwen3_config(base_dir))
+    shapes = Shape.from_config(read_model_config(model_dir)), Shape.from_config(read_model_config(base_dir))
     if shapes[0] != shapes[1]:
         raise QpruneError(f"{model} and {{base}} {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
     device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
@@ -353,8 +354,10 @@ def run_bench(
     device: str | None = None,
     progress: bool | Progress = True,
     quantize: str | None = None,
+    layers: int | None = None,
 ) -> BenchReport:
-    """Benchmark a pruned checkpoint against `base`, or a random model of a Qwen3 `shape` under `plan`."""
+    """Benchmark a pruned checkpoint against `base`, or a random model of a released `shape` (Qwen3 or
+    Qwen3-MoE) under `plan`; `layers` keeps only the shape's first layers, for shapes that do not fit."""
     import torch
 
     settings.validate()
@@ -371,6 +374,13 @@ def run_bench(
         if model is not None or base is not None:
             raise QpruneError("give either {shape} (random weights) or a checkpoint with {base}, not both")
         the_shape = shape_named(shape)
+        if layers is not None:
+            if not 1 <= layers <= the_shape.layers:
+                raise QpruneError(f"{{layers}} {layers}: {shape} has 1..{the_shape.layers} layers")
+            the_shape = the_shape.with_layers(layers)
+            source_note = f", first {layers} of its layers"
+        else:
+            source_note = ""
         plan = plan or Plan()
         plan.validate(the_shape.layers)
         if not plan.num_blocks:
@@ -378,7 +388,7 @@ def run_bench(
         dense, pruned = random_pair(the_shape, plan, getattr(torch, dtype), device, settings.seed)
         if quantize is not None:  # each separately: the pair shares its unquantized tensors
             dense, pruned = quantize_model(dense, quantize), quantize_model(pruned, quantize)
-        source = {"shape": shape, "description": f"{shape} shape, random weights"}
+        source = {"shape": shape, "description": f"{shape} shape{source_note}, random weights"}
     else:
         if model is None:
             raise QpruneError("give a pruned checkpoint and {base}, or {shape} with {attn}/{mlp}")
@@ -386,6 +396,8 @@ def run_bench(
             raise QpruneError(f"bench {model} needs {{base}}: the dense model it was pruned from")
         if plan is not None and plan.num_blocks:
             raise QpruneError("{attn}/{mlp} go with {shape}; a checkpoint brings its own plan")
+        if layers is not None:
+            raise QpruneError("{layers} goes with {shape}")
         dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device, quantize)
         the_shape = Shape.from_config(dense.config)
         source = {"model": model, "base": base, "description": f"{model} vs {base}"}

@@ -213,7 +213,7 @@ def run_eval(
     `check_overflow` runs `find_overflow` on the first window first."""
     import torch
 
-    from qprune.io.source import read_qwen3_config, resolve_model_dir
+    from qprune.io.source import read_model_config, resolve_model_dir
     from qprune.runtime.generate import complete
     from qprune.runtime.load import load, load_tokenizer
     from qprune.runtime.precision import find_overflow
@@ -229,8 +229,8 @@ def run_eval(
     # Everything that can be refused is checked before a model is loaded.
     model_dir = resolve_model_dir(model)
     base_dir = resolve_model_dir(base) if base is not None else None
-    vocab = read_qwen3_config(model_dir)["vocab_size"]
-    if base_dir is not None and read_qwen3_config(base_dir)["vocab_size"] != vocab:
+    vocab = read_model_config(model_dir)["vocab_size"]
+    if base_dir is not None and read_model_config(base_dir)["vocab_size"] != vocab:
         raise QpruneError(f"{model} and {{base}} {base} have different vocabularies; perplexities would not compare")
     tokenizer = load_tokenizer(model_dir)
     tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)

@@ -82,10 +82,11 @@ class _Budget:
 
     def __init__(self, target: Target, config, already: set[Block]) -> None:
         self.target = target
-        self.sizes = block_parameters(Shape.from_config(config))
-        self.total = config.num_hidden_layers * (self.sizes["attn"] + self.sizes["mlp"])
+        shape = Shape.from_config(config)
+        self.sizes = {(i, kind): size for i in range(shape.layers) for kind, size in block_parameters(shape, i).items()}
+        self.total = sum(self.sizes.values())
         self.removed = set(already)
-        self.removed_params = sum(self.sizes[kind] for _, kind in already)
+        self.removed_params = sum(self.sizes[block] for block in already)
         if target.param_ratio is not None and self.removed_params / self.total >= target.param_ratio:
             raise QpruneError(
                 f"the model already lacks {self.removed_params / self.total:.1%} of its decoder parameters, "
@@ -95,7 +96,7 @@ class _Budget:
 
     def size(self, candidate: Block) -> int:
         """Parameters that removing `candidate` takes away (a layer's blocks not removed already)."""
-        return sum(self.sizes[kind] for _, kind in expand(candidate) - self.removed)
+        return sum(self.sizes[block] for block in expand(candidate) - self.removed)
 
     def fits(self, block: Block) -> bool:
         if self.target.blocks is not None:

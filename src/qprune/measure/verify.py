@@ -8,8 +8,9 @@ The checks, each with its figure:
   exactly the tensors the pruned model has), with the base's shapes and dtypes;
 - parameters: the loaded model holds as many parameters as the checkpoint stores (none for pruned
   blocks);
-- logits (needs the base): max |Δlogits| against the oracle, the base loaded as stock
-  `Qwen3ForCausalLM` with the pruned blocks' o_proj / down_proj zeroed, all in float32;
+- logits (needs the base): max |Δlogits| against the oracle, the base loaded as its stock class
+  (`Qwen3ForCausalLM`, `Qwen3MoeForCausalLM`) with the pruned blocks' output projections zeroed
+  (o_proj; down_proj, every expert's in an MoE block), all in float32;
 - cache: greedy decoding of a left-padded batch with the KV cache equals decoding without it, and the
   cache holds K/V only for the attention layers that run.
 
@@ -20,12 +21,13 @@ quantized the same way.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch.qwen3 import OUTPUT_PROJECTIONS
+from qprune.arch import family_of, tensor_block
 from qprune.io.safetensors import read_checkpoint
-from qprune.io.source import read_qwen3_config, resolve_model_dir
+from qprune.io.source import read_model_config, resolve_model_dir
 from qprune.plan import Plan
 from qprune.runtime.load import load, load_config
 from qprune.runtime.precision import overflow_message
@@ -61,20 +63,16 @@ def _describe_difference(expected: set[str], actual: set[str]) -> str:
 
 def check_keys(model_dir: Path, base_dir: Path | None) -> Check:
     tensors = read_checkpoint(model_dir)
-    plan = Plan.from_config(read_qwen3_config(model_dir))
+    config = read_model_config(model_dir)
+    plan = Plan.from_config(config)
     if base_dir is not None:
         base = read_checkpoint(base_dir)
         expected = {name for name in base if not plan.prunes(name)}
         source = f"base {len(base)} tensors - {len(base) - len(expected)} of pruned blocks"
     else:
-        import torch
-
-        from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
-
-        with torch.device("meta"):
-            model = PrunedQwen3ForCausalLM(load_config(model_dir))
-        expected = set(model.state_dict())
-        if model.config.tie_word_embeddings:
+        family = family_of(config)
+        expected = {name for name in family.expected_tensors(config) if not plan.prunes(name)}
+        if family.config_field(config, "tie_word_embeddings"):
             expected.discard("lm_head.weight")
         base = None
         source = "the pruned model's tensors"
@@ -95,54 +93,57 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
     Quantized, it is quantized the same way except for those zeroed projections: they stay float32
     zeros, so the blocks add exactly nothing (a zero weight has no scale to quantize it with)."""
     import torch
-    from transformers import Qwen3ForCausalLM
 
     from qprune.runtime.quantize import quantization_config
 
-    base_plan = Plan.from_config(read_qwen3_config(base_dir))
-    blocks = [(i, "attn") for i in set(plan.attn) - set(base_plan.attn)]
-    blocks += [(i, "mlp") for i in set(plan.mlp) - set(base_plan.mlp)]
-    zeroed = [f"model.layers.{i}.{OUTPUT_PROJECTIONS[kind]}" for i, kind in sorted(blocks)]
+    base_config = read_model_config(base_dir)
+    family, base_plan = family_of(base_config), Plan.from_config(base_config)
+    blocks = {(i, "attn") for i in set(plan.attn) - set(base_plan.attn)}
+    blocks |= {(i, "mlp") for i in set(plan.mlp) - set(base_plan.mlp)}
+
+    def zeroed(name: str) -> bool:
+        layer = tensor_block(name)
+        return layer is not None and layer in blocks and family.is_output_projection(name, layer[1])
+
     kwargs = {}
     if quantize is not None:
+        skip = sorted(name.removesuffix(".weight") for name in family.expected_tensors(base_config) if zeroed(name))
         kwargs["quantization_config"] = quantization_config(
-            quantize, load_config(base_dir), torch.float32, also_skip=zeroed, on_cuda=torch.cuda.is_available()
+            quantize, load_config(base_dir), torch.float32, also_skip=skip, on_cuda=torch.cuda.is_available()
         )
     if base_plan.num_blocks:  # the base is itself pruned: no stock class can hold it
         oracle = load(base_dir, dtype=torch.float32, **kwargs)
     else:
-        oracle = Qwen3ForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True, **kwargs)
+        _, stock_class = family.stock_classes()
+        oracle = stock_class.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True, **kwargs)
     with torch.no_grad():
-        for name in zeroed:
-            oracle.get_submodule(name).weight.zero_()
+        for name, parameter in oracle.named_parameters():
+            if zeroed(name):
+                parameter.zero_()
     return oracle.eval()
 
 
-_QPRUNE_FIELDS = ("model_type", "auto_map", "architectures", "pruned_attn_layers", "pruned_mlp_layers")
-
-
 def self_oracle(model_dir: Path):
-    """Stock `Qwen3ForCausalLM` (float32) holding the checkpoint's own tensors, with every tensor of a
-    pruned block zero-filled: the oracle for any checkpoint, healed ones included (whose weights no
-    longer equal the base's), and for checkpoints verified without `--base`."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    """The stock model of the checkpoint's family (float32) holding the checkpoint's own tensors, with
+    every tensor of a pruned block zero-filled: the oracle for any checkpoint, healed ones included
+    (whose weights no longer equal the base's), and for checkpoints verified without `--base`. It is
+    loaded by transformers from a temporary stock checkpoint, so each version converts the tensors
+    its own way (5.x fuses MoE experts)."""
+    import tempfile
 
-    config = {k: v for k, v in read_qwen3_config(model_dir).items() if k not in _QPRUNE_FIELDS}
-    state = {}
-    for file in sorted({entry.file for entry in read_checkpoint(model_dir).values()}):
-        state.update(load_file(file))
-    with torch.device("meta"):
-        oracle = Qwen3ForCausalLM(Qwen3Config(**config))
-    shapes = {name: tensor.shape for name, tensor in oracle.state_dict().items()}
-    full = {name: state[name].float() if name in state else torch.zeros(shape) for name, shape in shapes.items()}
-    if oracle.config.tie_word_embeddings:
-        full["lm_head.weight"] = full["model.embed_tokens.weight"]
-    oracle.load_state_dict(full, assign=True)
-    if oracle.config.tie_word_embeddings:
-        oracle.tie_weights()
-    oracle.model.rotary_emb = type(oracle.model.rotary_emb)(config=oracle.config)  # its buffers were on meta
+    import torch
+
+    from qprune.io.safetensors import write_shards
+    from qprune.io.source import open_checkpoint
+    from qprune.ops.export import stock_config, stock_tensors
+
+    checkpoint = open_checkpoint(model_dir)
+    layers = list(range(checkpoint.config["num_hidden_layers"]))
+    _, stock_class = family_of(checkpoint.config).stock_classes()
+    with tempfile.TemporaryDirectory(prefix="qprune-oracle-") as tmp:
+        write_shards(stock_tensors(checkpoint, layers, checkpoint.plan), Path(tmp), max_shard_size=2**62)
+        (Path(tmp) / "config.json").write_text(json.dumps(stock_config(checkpoint.config, layers)))
+        oracle = stock_class.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True)
     return oracle.eval()
 
 
@@ -215,7 +216,7 @@ def check_params(model, model_dir: Path) -> Check:
         return Check("params", f"loaded model holds {held:,} parameters, checkpoint stores {stored:,}", held == stored)
     from torch import nn
 
-    from qprune.modeling.modeling_pruned_qwen3 import PrunedLinear
+    from qprune.modeling.pruned_blocks import PrunedLinear
     from qprune.runtime.quantize import describe
 
     kinds = (nn.Linear, PrunedLinear)
@@ -281,7 +282,7 @@ def verify(
             checks.append(Check("logits", "healed: its weights differ from the base by design (see self)", True))
         if quantize is None:
             delta = (logits - self_oracle(model_dir)(input_ids).logits).abs().max().item()
-            detail = f"max |Δlogits| vs self-oracle (stock Qwen3 with its own tensors, pruned blocks zero): {delta:.2e}"
+            detail = f"max |Δlogits| vs self-oracle (stock model with its own tensors, pruned blocks zero): {delta:.2e}"
             checks.append(Check("self", f"{detail} (<= {LOGITS_TOLERANCE:g})", delta <= LOGITS_TOLERANCE))
         elif base_dir is None:
             checks.append(Check("logits", "finite (pass --base to compare with the oracle)", True))

@@ -27,7 +27,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch.qwen3 import expected_tensors
+from qprune.arch import family_of
+from qprune.arch.qwen3_moe import sparse_layers
 from qprune.cost import Shape, ideal_speedups, kept_blocks
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
@@ -55,20 +56,28 @@ class ExportResult:
     slim_bytes: int
     export_bytes: int
     ideal: dict  # {"slim": {...}, "export": {...}}: prefill and decode speedups, KV share vs the dense base
+    model_type: str = "qwen3"  # the stock family's
 
     def summary(self) -> str:
         return summary(self)
 
 
 def stock_config(config: dict, kept_layers: list[int]) -> dict:
-    """The pruned checkpoint's config.json as a plain Qwen3 with only `kept_layers` (renumbered)."""
+    """The pruned checkpoint's config.json as its stock family's with only `kept_layers` (renumbered)."""
+    family = family_of(config)
     out = {k: v for k, v in config.items() if k not in _QPRUNE_FIELDS}
-    out.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_layers=len(kept_layers))
+    out.update(model_type=family.model_type, architectures=[family.stock_class], num_hidden_layers=len(kept_layers))
+    if "num_experts" in config or family.model_type == "qwen3_moe":
+        # Which layers are dense follows their old numbers; after renumbering, say so layer by layer.
+        sparse = set(sparse_layers(config))
+        out.update(
+            mlp_only_layers=[new for new, old in enumerate(kept_layers) if old not in sparse], decoder_sparse_step=1
+        )
     if isinstance(config.get("layer_types"), list):
         out["layer_types"] = [config["layer_types"][i] for i in kept_layers]
     if isinstance(config.get("max_window_layers"), int):
         out["max_window_layers"] = sum(1 for i in kept_layers if i < config["max_window_layers"])
-    return dict(sorted(out.items()))
+    return dict(sorted(family.portable_config(out).items()))
 
 
 def _renamed(name: str, new_index: dict[int, int]) -> str:
@@ -76,7 +85,7 @@ def _renamed(name: str, new_index: dict[int, int]) -> str:
     return name if match is None else f"model.layers.{new_index[int(match.group(1))]}.{name[match.end() :]}"
 
 
-def _export_tensors(checkpoint, kept_layers: list[int], zero_blocks: Plan) -> list[TensorEntry]:
+def stock_tensors(checkpoint, kept_layers: list[int], zero_blocks: Plan) -> list[TensorEntry]:
     """The export's tensors in layer order: kept ones copied under new names, zero-filled blocks as zeros
     (in the dtype the same tensor has in kept layers, else the embedding's)."""
     new_index = {old: new for new, old in enumerate(kept_layers)}
@@ -85,7 +94,7 @@ def _export_tensors(checkpoint, kept_layers: list[int], zero_blocks: Plan) -> li
         dtypes.setdefault(_LAYER_PREFIX.sub("", name), entry.dtype)
     default_dtype = checkpoint.tensors["model.embed_tokens.weight"].dtype
     entries = []
-    for name, shape in expected_tensors(checkpoint.config).items():
+    for name, shape in family_of(checkpoint.config).expected_tensors(checkpoint.config).items():
         match = _LAYER_PREFIX.match(name)
         if match is not None and int(match.group(1)) not in new_index:
             continue  # a removed layer
@@ -107,26 +116,30 @@ def _ideal(config: dict, plan: Plan) -> dict:
 def export(
     source: str, out: Path, *, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, force: bool = False
 ) -> ExportResult:
-    """Write `source` (a qprune checkpoint) to `out` as a stock Qwen3 that computes the same function."""
+    """Write `source` (a qprune checkpoint) to `out` as a stock model of its family (Qwen3, Qwen3-MoE)
+    that computes the same function."""
     out = Path(out).absolute()
     if max_shard_size <= 0:
         raise QpruneError(f"max_shard_size must be positive, not {max_shard_size}")
     check_output(out, force, sources=[source])
     checkpoint = open_checkpoint(source)
     config = checkpoint.config
-    if config["model_type"] != "pruned_qwen3":
-        raise QpruneError(f"{source} is a stock Qwen3 already, not a qprune checkpoint: there is nothing to export")
+    family = family_of(config)
+    if config["model_type"] != family.pruned_model_type:
+        raise QpruneError(
+            f"{source} is a stock {family.title} already, not a qprune checkpoint: there is nothing to export"
+        )
     if config.get("quantization_config") is not None:
         raise QpruneError(f"{source} holds pre-quantized weights; export the unquantized checkpoint")
     if config.get("use_sliding_window"):
-        raise QpruneError(f"{source} is a sliding-window Qwen3; exporting it is not supported")
+        raise QpruneError(f"{source} is a sliding-window {family.title}; exporting it is not supported")
     plan, num_layers = checkpoint.plan, config["num_hidden_layers"]
     removed = tuple(sorted(set(plan.attn) & set(plan.mlp)))
     if len(removed) == num_layers:
-        raise QpruneError(f"{source} prunes every block of every layer; a Qwen3 needs at least one layer")
+        raise QpruneError(f"{source} prunes every block of every layer; a {family.title} needs at least one layer")
     kept_layers = [i for i in range(num_layers) if i not in removed]
     zero_blocks = Plan(tuple(set(plan.attn) - set(removed)), tuple(set(plan.mlp) - set(removed)))
-    entries = _export_tensors(checkpoint, kept_layers, zero_blocks)
+    entries = stock_tensors(checkpoint, kept_layers, zero_blocks)
     inherited, _ = inherited_files(checkpoint.dir, checkpoint.files)
     whole = Plan(removed, removed)
     result = ExportResult(
@@ -139,6 +152,7 @@ def export(
         slim_bytes=sum(e.nbytes for e in checkpoint.tensors.values()),
         export_bytes=sum(e.nbytes for e in entries),
         ideal={"slim": _ideal(config, plan), "export": _ideal(config, whole)},
+        model_type=family.model_type,
     )
     base_model = portable_name(config.get("qprune_base_model", source))
     with atomic_output(out, force, sources=[checkpoint.dir, *checkpoint.files]) as tmp:
@@ -166,10 +180,11 @@ def _cost_rows(result: ExportResult) -> list[tuple[str, str, str]]:
 
 def summary(result: ExportResult) -> str:
     removed = format_layers(result.removed_layers)
+    stock = f"stock {family_of({'model_type': result.model_type}).title}"
     lines = [
-        f"exported {result.source} as a stock Qwen3 -> {result.out}",
+        f"exported {result.source} as a {stock} -> {result.out}",
         f"layers removed (both blocks pruned): {removed}; blocks zero-filled: {result.zero_blocks}",
-        f"{'':<31}{'qprune checkpoint':>18}{'stock Qwen3':>14}",
+        f"{'':<31}{'qprune checkpoint':>18}{stock:>14}",
     ]
     lines += [f"{name:<31}{slim:>18}{stock:>14}" for name, slim, stock in _cost_rows(result)]
     if result.zero_blocks.num_blocks:
@@ -183,16 +198,17 @@ def summary(result: ExportResult) -> str:
 def card(result: ExportResult, base_model: str, ideal_at: dict) -> str:
     is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
     rows = "\n".join(f"| {name} | {slim} | {stock} |" for name, slim, stock in _cost_rows(result))
+    model_type, title = result.model_type, family_of({"model_type": result.model_type}).title
     return f"""\
 ---
 {f"base_model: {base_model}" + chr(10) if is_hub_id else ""}library_name: transformers
-tags: [qprune, pruned, qwen3]
+tags: [qprune, pruned, {model_type}]
 ---
 
 # {result.out.name}
 
-`{base_model}` pruned by qprune ({result.plan}) and exported as a stock Qwen3: `model_type: qwen3`,
-no custom code. It loads in transformers, vLLM and the GGUF / MLX converters as any Qwen3 does, and
+`{base_model}` pruned by qprune ({result.plan}) and exported as a stock {title}: `model_type: {model_type}`,
+no custom code. It loads in transformers, vLLM and the GGUF / MLX converters as any {title} does, and
 computes exactly what the pruned model computes:
 
 - layers removed (attention and MLP both pruned), the rest renumbered: {format_layers(result.removed_layers)}
@@ -215,5 +231,5 @@ from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained("{result.out.name}")
 ```
 
-Load in bfloat16 or float32: Qwen3 overflows in float16.
+Load in bfloat16 or float32: {title} overflows in float16.
 """

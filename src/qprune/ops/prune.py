@@ -6,9 +6,9 @@
 
 It streams: headers are read, kept tensors are copied byte for byte into new shards, and the model is
 never built, so memory stays near zero and dtypes are preserved. The output carries the pruning plan in
-its config (`model_type: pruned_qwen3`), the modeling code (so `trust_remote_code=True` loads it where
-qprune is not installed), the tokenizer files, and a model card. A qprune checkpoint as the source is
-pruned further; the plans combine.
+its config (`model_type: pruned_qwen3` or `pruned_qwen3_moe`), the modeling code (so
+`trust_remote_code=True` loads it where qprune is not installed), the tokenizer files, and a model
+card. A qprune checkpoint as the source is pruned further; the plans combine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
+from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, attention_prunable, family_of
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
@@ -28,11 +28,6 @@ from qprune.plan import Plan
 from qprune.words import format_layers, human_bytes
 
 MODELING_DIR = Path(__file__).parent.parent / "modeling"
-MODELING_FILES = ("configuration_pruned_qwen3.py", "modeling_pruned_qwen3.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_pruned_qwen3.PrunedQwen3Config",
-    "AutoModelForCausalLM": "modeling_pruned_qwen3.PrunedQwen3ForCausalLM",
-}
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 SEARCH_REPORT = "qprune_search.json"
 # What the output takes from the source besides the weights: the tokenizer, chat template, generation
@@ -44,7 +39,9 @@ _INHERITED_NAMES = {
     "LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "NOTICE.txt", "USE_POLICY.md",
 }  # fmt: skip
 _INHERITED_SUFFIXES = {".tiktoken"}
-_REWRITTEN = {"config.json", "README.md", SAFE_INDEX, SAFE_WEIGHTS, *MODELING_FILES, SEARCH_REPORT}
+_REWRITTEN = {"config.json", "README.md", SAFE_INDEX, SAFE_WEIGHTS, SEARCH_REPORT} | {
+    name for family in FAMILIES for name in family.modeling_files
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +56,7 @@ class PruneResult:
     bytes_before: int
     bytes_after: int
     left_out: tuple[str, ...] = ()  # files of the source that do not belong in a model directory
+    model_type: str = "qwen3"  # the stock family's
 
     def summary(self) -> str:
         return summary(self)
@@ -66,17 +64,18 @@ class PruneResult:
 
 def pruned_config(config: dict, plan: Plan, base_model: str) -> dict:
     """The source's config.json with every architecture field kept and the plan added."""
+    family = family_of(config)
     out = dict(config)
     out.pop("_name_or_path", None)
     out.update(
-        model_type="pruned_qwen3",
-        architectures=["PrunedQwen3ForCausalLM"],
-        auto_map=AUTO_MAP,
+        model_type=family.pruned_model_type,
+        architectures=[family.pruned_class],
+        auto_map=family.auto_map,
         pruned_attn_layers=list(plan.attn),
         pruned_mlp_layers=list(plan.mlp),
         qprune_base_model=base_model,
     )
-    return dict(sorted(out.items()))
+    return dict(sorted(family.portable_config(out).items()))
 
 
 def inherited_files(src_dir: Path, shards: list[Path]) -> tuple[list[Path], list[str]]:
@@ -129,13 +128,23 @@ def prune(
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)
     result = PruneResult(
-        out, source, total, plan, num_layers, params_before, params_after, bytes_before, bytes_after, tuple(left_out)
+        out,
+        source,
+        total,
+        plan,
+        num_layers,
+        params_before,
+        params_after,
+        bytes_before,
+        bytes_after,
+        tuple(left_out),
+        family_of(config).model_type,
     )
     base_model = portable_name(config.get("qprune_base_model", source))
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
         (tmp / "config.json").write_text(json.dumps(pruned_config(config, total, base_model), indent=2) + "\n")
-        for name in MODELING_FILES:
+        for name in family_of(config).modeling_files:
             shutil.copyfile(MODELING_DIR / name, tmp / name)
         for path in inherited:
             shutil.copyfile(path, tmp / path.name)
@@ -170,7 +179,7 @@ def summary(result: PruneResult) -> str:
 _CARD = """\
 ---
 {front_matter}library_name: transformers
-tags: [qprune, pruned, qwen3]
+tags: [qprune, pruned, {model_type}]
 ---
 
 # {name}
@@ -200,13 +209,16 @@ tokenizer = AutoTokenizer.from_pretrained("{name}")
 With qprune installed, no remote code is needed: `model = qprune.load("{name}")`.
 
 Pruned tensors are absent from the weights and from the loaded model; any other missing tensor is an
-error. Load in bfloat16 or float32: Qwen3 overflows in float16.
+error. Load in bfloat16 or float32: {title} overflows in float16.
 """
 
 
 def model_card(result: PruneResult, base_model: str, search: dict | None = None) -> str:
     is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
+    family = family_of({"model_type": result.model_type})
     return _CARD.format(
+        model_type=family.model_type,
+        title=family.title,
         front_matter=f"base_model: {base_model}\n" if is_hub_id else "",
         name=result.out.name,
         base_model=base_model,

@@ -1,7 +1,8 @@
-"""Loading pruned (and dense) Qwen3 checkpoints as `PrunedQwen3ForCausalLM`, safely.
+"""Loading pruned (and dense) checkpoints of every supported family as qprune's classes, safely.
 
     model = qprune.load("qwen3-pruned")                  # dtype of the checkpoint
     model = qprune.load("Qwen/Qwen3-0.6B", dtype=torch.float32)   # a dense Qwen3, no block pruned
+    model = qprune.load("qwen3-moe-pruned")              # a Qwen3-MoE: PrunedQwen3MoeForCausalLM
     model = qprune.load("qwen3-pruned", quantize="nf4")  # pruned blocks are not quantized (none exist)
 
 No remote code is needed: the classes are registered with transformers' auto classes here. Only
@@ -14,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qprune.arch import FAMILIES, family_of
 from qprune.errors import QpruneError
-from qprune.io.source import open_checkpoint, read_qwen3_config
+from qprune.io.source import open_checkpoint, read_model_config
 from qprune.runtime.memory import return_freed_memory
 
 if TYPE_CHECKING:
@@ -25,14 +27,14 @@ if TYPE_CHECKING:
 
 
 def register() -> None:
-    """Make AutoConfig / AutoModelForCausalLM resolve `pruned_qwen3` to qprune's classes."""
+    """Make AutoConfig / AutoModelForCausalLM resolve `pruned_qwen3` (and every family's pruned
+    model_type) to qprune's classes."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-    from qprune.modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
-
-    AutoConfig.register(PrunedQwen3Config.model_type, PrunedQwen3Config, exist_ok=True)
-    AutoModelForCausalLM.register(PrunedQwen3Config, PrunedQwen3ForCausalLM, exist_ok=True)
+    for family in FAMILIES:
+        config_class, model_class = family.pruned_classes()
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
 
 
 def load_tokenizer(path: str | Path):
@@ -49,11 +51,13 @@ def load_tokenizer(path: str | Path):
 
 
 def load_config(path: str | Path):
-    """A `PrunedQwen3Config` for a pruned or a dense Qwen3 checkpoint (a dense one prunes nothing)."""
-    from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
-
-    fields = {k: v for k, v in read_qwen3_config(Path(path)).items() if k not in ("model_type", "auto_map")}
-    return PrunedQwen3Config.from_dict(fields)
+    """The pruned config class of the checkpoint's family (`PrunedQwen3Config`, ...), for a pruned or a
+    dense checkpoint (a dense one prunes nothing)."""
+    raw = read_model_config(Path(path))
+    family = family_of(raw)
+    raw = family.portable_config(raw)  # a config.json another transformers version wrote
+    config_class, _ = family.pruned_classes()
+    return config_class.from_dict({k: v for k, v in raw.items() if k not in ("model_type", "auto_map")})
 
 
 def load(
@@ -74,13 +78,14 @@ def load(
     quiet_library_logs()  # before transformers is imported: it imports torchao, which logs on import
     import torch
 
-    from qprune.modeling.modeling_pruned_qwen3 import MissingTensorsError, PrunedQwen3ForCausalLM
+    from qprune.modeling.pruned_blocks import MissingTensorsError
     from qprune.runtime.precision import choose_dtype
 
     register()
     checkpoint = open_checkpoint(path)  # config, headers and tensors checked before transformers reads them
     model_dir = checkpoint.dir
     config = load_config(model_dir)
+    _, model_class = family_of(checkpoint.config).pruned_classes()
     if quantize is not None and device_map is None and torch.cuda.is_available():
         device_map = "auto"
     on_cuda = device_map is not None and torch.cuda.is_available() and device_map != "cpu"
@@ -89,7 +94,7 @@ def load(
     if quantize is not None:
         kwargs["quantization_config"] = quantization_config(quantize, config, dtype, on_cuda=on_cuda)
     try:
-        model = PrunedQwen3ForCausalLM.from_pretrained(
+        model = model_class.from_pretrained(
             model_dir, config=config, dtype=dtype, device_map=device_map, use_safetensors=True, **kwargs
         )
     except MissingTensorsError as error:

@@ -1,0 +1,123 @@
+"""Qwen3-MoE as data: Qwen3's attention, and per layer either a sparse MoE block or a dense MLP.
+
+A layer's feed-forward block is sparse when it is not in `mlp_only_layers` and
+`(layer + 1) % decoder_sparse_step == 0`: a router `mlp.gate` (experts x hidden) and `num_experts`
+experts, each a gated MLP of width `moe_intermediate_size`. Otherwise it is Qwen3's dense MLP of
+width `intermediate_size`. Checkpoints hold one tensor per expert (`mlp.experts.{e}.down_proj.weight`)
+in every transformers version; 5.x fuses them into 3-D parameters in memory (`mlp.experts.down_proj`),
+so the output projections below name both.
+"""
+
+from __future__ import annotations
+
+from qprune.arch.family import Family
+from qprune.arch.qwen3 import config_field, decoder_tensors, dense_mlp_tensors
+
+# Qwen3MoeConfig's defaults, for the fields a config.json may leave out (it has no head_dim field:
+# attention then uses hidden_size / num_attention_heads).
+_DEFAULTS = {
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": None,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "moe_intermediate_size": 768,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+}
+
+
+def num_experts(config: dict) -> int:
+    """Experts per MoE block. transformers 5.x writes the field as `num_local_experts`, 4.x as
+    `num_experts`; either may be read."""
+    return config.get("num_experts", config.get("num_local_experts", _DEFAULTS["num_experts"]))
+
+
+def sparse_layers(config: dict) -> list[int]:
+    """The layers whose feed-forward block is a sparse MoE block (the rest are dense MLPs)."""
+    experts = num_experts(config)
+    step = config_field(config, "decoder_sparse_step", _DEFAULTS)
+    dense = set(config_field(config, "mlp_only_layers", _DEFAULTS) or ())
+    layers = range(config["num_hidden_layers"])
+    return [i for i in layers if experts > 0 and i not in dense and (i + 1) % step == 0]
+
+
+def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a dense Qwen3-MoE with this (validated) config, with its shape, as checkpoints
+    name them (one tensor per expert)."""
+    sparse = set(sparse_layers(config))
+    experts = num_experts(config)
+    inner = config_field(config, "intermediate_size", _DEFAULTS)
+    expert_inner = config_field(config, "moe_intermediate_size", _DEFAULTS)
+
+    def mlp_tensors(i: int, hidden: int) -> dict[str, tuple[int, ...]]:
+        mlp = f"model.layers.{i}.mlp"
+        if i not in sparse:
+            return dense_mlp_tensors(mlp, hidden, inner)
+        shapes = {f"{mlp}.gate.weight": (experts, hidden)}
+        for e in range(experts):
+            shapes |= dense_mlp_tensors(f"{mlp}.experts.{e}", hidden, expert_inner)
+        return shapes
+
+    return decoder_tensors(config, mlp_tensors, _DEFAULTS)
+
+
+def checkpoint_state(state: dict) -> dict:
+    """A state dict with transformers 5.x's fused expert parameters split back into one tensor per
+    expert, as checkpoints hold them (what 5.x's own `save_pretrained` does; 4.x's are per-expert
+    already). The fused `gate_up_proj` (experts, 2 x width, hidden) is gate then up."""
+    out = {}
+    for name, tensor in state.items():
+        prefix, _, last = name.rpartition(".")
+        if not prefix.endswith("mlp.experts") or last not in ("gate_up_proj", "down_proj"):
+            out[name] = tensor
+        elif last == "gate_up_proj":
+            gate, up = tensor.chunk(2, dim=1)
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}.{e}.gate_proj.weight"], out[f"{prefix}.{e}.up_proj.weight"] = gate[e], up[e]
+        else:
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}.{e}.down_proj.weight"] = tensor[e]
+    return out
+
+
+def portable_config(config: dict) -> dict:
+    """transformers 5.x writes `num_local_experts`, which 4.x does not read (it would build its default
+    128 experts); a config that states `num_experts` as well loads the same in both."""
+    return config | {"num_experts": num_experts(config)}
+
+
+def _shape(hidden: int, inner: int, expert_inner: int, layers: int, heads: int) -> dict:
+    dense = dict(hidden=hidden, intermediate=inner, layers=layers, heads=heads, kv_heads=4, head_dim=128)
+    return dense | dict(vocab=151936, tied=False, experts=128, experts_per_token=8, expert_intermediate=expert_inner)
+
+
+QWEN3_MOE = Family(
+    model_type="qwen3_moe",
+    title="Qwen3-MoE",
+    stock_class="Qwen3MoeForCausalLM",
+    stock_config_class="Qwen3MoeConfig",
+    pruned_config_class="PrunedQwen3MoeConfig",
+    pruned_class="PrunedQwen3MoeForCausalLM",
+    config_module="configuration_pruned_qwen3_moe",
+    modeling_module="modeling_pruned_qwen3_moe",
+    output_projections={
+        "attn": ("self_attn.o_proj",),
+        # dense MLP; a 4.x expert (a Linear each); 5.x's fused experts (one 3-D parameter)
+        "mlp": ("mlp.down_proj", "mlp.experts.*.down_proj", "mlp.experts.down_proj"),
+    },
+    expected_tensors=expected_tensors,
+    config_defaults=_DEFAULTS,
+    positive_int_fields=("moe_intermediate_size", "num_experts_per_tok", "decoder_sparse_step"),
+    checkpoint_state=checkpoint_state,
+    portable_config=portable_config,
+    bench_shapes={  # from the released config.json files
+        "qwen3-30b-a3b": _shape(2048, 6144, 768, 48, 32),
+        "qwen3-235b-a22b": _shape(4096, 12288, 1536, 94, 64),
+    },
+)
