@@ -68,8 +68,8 @@ def test_useless_block_scores_least_important_in_every_metric(useless):
 def test_greedy_chooses_the_useless_block_first(useless, metric):
     model, batch = useless
     result = greedy_search(model, batch, Target(blocks=2), metric)
-    assert (result.steps[0]["layer"], result.steps[0]["block"]) == USELESS
-    assert result.steps[0]["score"] == pytest.approx(result.dense["nll"] if metric == "nll" else 0.0, abs=1e-9)
+    assert (result.steps[0].layer, result.steps[0].block) == USELESS
+    assert result.steps[0].score == pytest.approx(result.dense["nll"] if metric == "nll" else 0.0, abs=1e-9)
     assert result.plan.num_blocks == 2 and USELESS[0] in result.plan.attn
 
 
@@ -108,7 +108,7 @@ def test_greedy_matches_the_naive_search(base):
     fast = greedy_search(model, batch, Target(blocks=4), "nll")
     slow = greedy_search(model, batch, Target(blocks=4), "nll", naive=True)
     assert fast.plan == slow.plan and len(fast.steps) == 4
-    assert [s["score"] for s in fast.steps] == pytest.approx([s["score"] for s in slow.steps], rel=1e-6)
+    assert [s.score for s in fast.steps] == pytest.approx([s.score for s in slow.steps], rel=1e-6)
 
 
 def test_block_parameters_match_the_model(untied_base):
@@ -290,7 +290,7 @@ def test_whole_layer_candidates_equal_a_full_forward_and_search_whole_layers(unt
 
     for naive in (False, True):
         result = greedy_search(model, batch, Target(blocks=2), "kl", Constraints(whole_layers=True), naive=naive)
-        assert len(result.steps) == 2 and all(step["block"] == "layer" for step in result.steps)
+        assert len(result.steps) == 2 and all(step.block == "layer" for step in result.steps)
         # whole layers: both blocks chosen, except layer 2's attention, which was gone already
         assert set(result.plan.mlp) - {2} == set(result.plan.attn) and len(result.plan.mlp) == 2
     result = oneshot_search(model, batch, Target(blocks=1), "nll", Constraints(whole_layers=True))

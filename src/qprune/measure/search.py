@@ -28,6 +28,7 @@ from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
 from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError
 from qprune.measure.ablation import Block, BlockRunner, FullForwardRunner, all_blocks, expand
+from qprune.ops.report import SearchReport, SearchStep
 from qprune.plan import Plan
 
 if TYPE_CHECKING:
@@ -129,30 +130,35 @@ class SearchResult:
     constraints: Constraints
     plan: Plan  # the blocks this search chose (not those the model had pruned already)
     dense: dict  # calibration nll / perplexity (and kl 0) of the model before the search
-    steps: list[dict]  # per chosen block: its score and, for greedy, the calibration figures after it
+    steps: list[SearchStep]  # per chosen block: its score and, for greedy, the calibration figures after it
     params_removed_share: float  # of all decoder-layer parameters, counting blocks pruned before
     timings: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "metric": self.metric,
-            "target": self.target.describe(),
-            "constraints": vars(self.constraints),
-            "plan": self.plan.to_dict(),
-            "dense": self.dense,
-            "steps": self.steps,
-            "params_removed_share": self.params_removed_share,
-            "timings_s": {name: round(seconds, 3) for name, seconds in self.timings.items()},
-        }
+    def report(self, model: str, data: dict, dtype: str) -> SearchReport:
+        """What the pruned checkpoint records about this search, and the data it ran on."""
+        return SearchReport(
+            model=model,
+            data=data,
+            dtype=dtype,
+            method=self.method,
+            metric=self.metric,
+            target=self.target.describe(),
+            constraints=vars(self.constraints),
+            plan=self.plan,
+            dense=self.dense,
+            steps=tuple(self.steps),
+            params_removed_share=self.params_removed_share,
+            timings_s={name: round(seconds, 3) for name, seconds in self.timings.items()},
+        )
 
     def table(self) -> str:
         lines = [f"{self.method} search by {self.metric}: calibration perplexity {self.dense['perplexity']:.3f} before"]
         for k, step in enumerate(self.steps, 1):
-            shown = ("perplexity", "kl") if "perplexity" in step else ("score",)  # greedy: the model after it
-            figures = "   ".join(f"{key} {step[key]:.4f}" for key in shown if key in step)
-            kind = "both" if step["block"] == "layer" else step["block"]
-            lines.append(f"{k:>3}. layer {step['layer']:>3} {kind:<4}  {figures}")
+            shown = ("perplexity", "kl") if step.perplexity is not None else ("score",)  # greedy: the model after it
+            values = step.to_dict()
+            figures = "   ".join(f"{key} {values[key]:.4f}" for key in shown if key in values)
+            kind = "both" if step.block == "layer" else step.block
+            lines.append(f"{k:>3}. layer {step.layer:>3} {kind:<4}  {figures}")
         lines.append(f"decoder parameters removed: {self.params_removed_share:.1%}")
         return "\n".join(lines)
 
@@ -198,7 +204,7 @@ def greedy_search(
         budget = _Budget(target, model.config, runner.removed)
         budget.check_any_fits(candidates)
         dense = _figures(runner.dense_stats.mean_nll, 0.0 if kl else None)
-        steps: list[dict] = []
+        steps: list[SearchStep] = []
         while True:
             eligible = [b for b in candidates if budget.fits(b)]
             if not eligible:
@@ -210,10 +216,8 @@ def greedy_search(
             budget.take(best)
             candidates.remove(best)
             chosen = stats[best]
-            steps.append(
-                {"layer": best[0], "block": best[1], "score": chosen.metric(metric)}
-                | _figures(chosen.mean_nll, chosen.mean_kl if kl else None)
-            )
+            figures = _figures(chosen.mean_nll, chosen.mean_kl if kl else None)
+            steps.append(SearchStep(best[0], best[1], chosen.metric(metric), **figures))
         chosen_plan = _plan(runner.removed - _initial(model))
     return SearchResult(
         "greedy",
@@ -250,8 +254,8 @@ def oneshot_search(
     for block in sorted(candidates, key=lambda b: importance[b]):
         if budget.fits(block):
             budget.take(block)
-            steps.append({"layer": block[0], "block": block[1], "score": importance[block]})
-    plan = _plan({(s["layer"], s["block"]) for s in steps})
+            steps.append(SearchStep(block[0], block[1], importance[block]))
+    plan = _plan({(s.layer, s.block) for s in steps})
     return SearchResult(
         "oneshot",
         metric,
@@ -342,13 +346,12 @@ def auto_prune(
     progress.note(f"searching ({method}): {goal}")
     result = search(model, batch, target, method, metric, constraints, progress=progress)
     del model  # the weights are copied from the files, not from memory
-    report = {"model": source, "data": spec.describe(), "dtype": dtype, **result.to_dict()}
     pruned = prune(
         model_dir,
         Path(out),
         result.plan,
         max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,
         force=force,
-        search=report,
+        search=result.report(source, spec.describe(), dtype),
     )
     return pruned, result

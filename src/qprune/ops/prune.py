@@ -102,11 +102,11 @@ def prune(
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
-    search: dict | None = None,
+    search: report.SearchReport | None = None,
 ) -> PruneResult:
     """Prune `plan`'s blocks out of `source` (directory or hub id) into the new checkpoint `out`.
-    `search` (a `SearchResult.to_dict()` with the data it ran on) says how the plan was chosen: it is
-    written to `qprune_search.json` and summarised in the model card."""
+    `search` says how the plan was chosen (`prune --auto`): it is written to `qprune_search.json` and
+    summarised in the model card."""
     out = Path(out).absolute()
     if max_shard_size <= 0:
         raise QpruneError(f"max_shard_size must be positive, not {max_shard_size}")
@@ -149,7 +149,7 @@ def prune(
         for path in inherited:
             shutil.copyfile(path, tmp / path.name)
         if search is not None:
-            (tmp / SEARCH_REPORT).write_text(json.dumps(search, indent=2) + "\n")
+            (tmp / SEARCH_REPORT).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(result, base_model, search))
     return result
 
@@ -213,7 +213,7 @@ error. Load in bfloat16 or float32: {title} overflows in float16.
 """
 
 
-def model_card(result: PruneResult, base_model: str, search: dict | None = None) -> str:
+def model_card(result: PruneResult, base_model: str, search: report.SearchReport | None = None) -> str:
     is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
     family = family_of({"model_type": result.model_type})
     return _CARD.format(
