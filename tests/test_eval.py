@@ -105,7 +105,7 @@ def test_eval_cli_side_by_side(pruned_embedded, tmp_path):
         (["--seq-len", "1"], "--seq-len must be at least 2"),
         (["--data", "qprune:nope.txt"], "qprune ships no such text"),
         (["--prompts", "/nonexistent/prompts.txt"], "prompts file /nonexistent/prompts.txt does not exist"),
-        (["--dtype", "float8"], "--dtype float8: choose one of bfloat16, float32, float16"),
+        (["--dtype", "float8"], "--dtype float8: choose one of auto, bfloat16, float32, float16"),
         (["--quantize", "int3"], "--quantize 'int3': choose one of int8, nf4, torchao-int8, torchao-int4"),
     ],
 )

@@ -35,7 +35,7 @@ from qprune.errors import QpruneError
 from qprune.plan import Plan
 from qprune.progress import Progress, as_progress
 from qprune.runtime.memory import return_freed_memory
-from qprune.runtime.precision import resolve_auto
+from qprune.runtime.precision import check_dtype_name, resolve_auto
 from qprune.runtime.quantize import mode_named, parameter_bytes
 from qprune.runtime.quantize import quantize as quantize_model
 
@@ -361,8 +361,7 @@ def run_bench(
     import torch
 
     settings.validate()
-    if dtype not in ("auto", "bfloat16", "float32", "float16"):
-        raise QpruneError(f"{{dtype}} {dtype}: use auto, bfloat16, float32 or float16")
+    check_dtype_name(dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QpruneError(f"{{device}} {device}: no CUDA device is available")

@@ -194,12 +194,10 @@ def load_for_measurement(source: str, spec, dtype: str = "auto", progress: bool 
     from qprune.io.source import resolve_model_dir
     from qprune.progress import as_progress
     from qprune.runtime.load import load, load_tokenizer
-    from qprune.runtime.precision import resolve_auto
+    from qprune.runtime.precision import check_dtype_name, resolve_auto
 
     progress = as_progress(progress)
-    if dtype not in ("auto", "bfloat16", "float32"):
-        raise QpruneError(f"{{dtype}} {dtype}: use auto, bfloat16 or float32 (Qwen3 overflows in float16)")
-    dtype = resolve_auto(dtype, progress.note)
+    dtype = resolve_auto(check_dtype_name(dtype, float16=False), progress.note)
     model_dir = resolve_model_dir(source)
     batch = load_token_batches(spec, load_tokenizer(model_dir))
     progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")

@@ -38,14 +38,22 @@ class NonFiniteLogitsError(QpruneError):
     """The model produced inf or NaN logits."""
 
 
+def check_dtype_name(name: str, *, float16: bool = True) -> str:
+    """`name` if it is "auto" or one of `DTYPES`, the one vocabulary every command's dtype uses.
+    Measurements (scan, search, eval) pass `float16=False`: Qwen3's activations overflow in it."""
+    allowed = ("auto", *DTYPES) if float16 else ("auto", "bfloat16", "float32")
+    if name not in allowed:
+        why = "" if float16 else " (Qwen3 overflows in float16)"
+        raise QpruneError(f"{{dtype}} {name}: choose one of {', '.join(allowed)}{why}")
+    return name
+
+
 def parse_dtype(name: str | None) -> torch.dtype | None:
     """A dtype from its name; None means the checkpoint's and "auto" the hardware's (`auto_dtype`)."""
     import torch
 
-    if name is None or name == "auto":
+    if name is None or check_dtype_name(name) == "auto":
         return None
-    if name not in DTYPES:
-        raise QpruneError(f"{{dtype}} {name}: choose one of {', '.join(DTYPES)}")
     return getattr(torch, name)
 
 
