@@ -11,8 +11,8 @@ the very last), as in the README's CPU table.
 - bench-*: `qprune bench` (prefill and decode speedups, measured / ideal, KV and peak bytes) at batch
   1 and 8, 512-token prompts, 64 new tokens (32 and 3 repeats for the MoE). Qwen3-30B-A3B runs its first 24 of 48
   layers, which keeps the pair within one 80 GB GPU.
-- scan-search: `qprune scan` and `prune --auto --blocks 8` (greedy with prefix reuse) of a saved
-  Qwen3-0.6B-shaped checkpoint on 32 x 512 calibration tokens, wall times.
+- scan-search: `qprune scan` and `prune --auto --blocks 4` (greedy with prefix reuse) of a saved
+  Qwen3-0.6B-shaped checkpoint on 16 x 512 calibration tokens, wall times.
 - heal: `qprune heal` (KD, all kept weights) of that checkpoint pruned by 25%: tokens per second.
 """
 
@@ -89,16 +89,16 @@ def scan_search() -> dict:
     from qprune.measure.scan import run_scan
     from qprune.measure.search import Target, auto_prune
 
-    spec = DataSpec(samples=4, seq_len=64) if SMOKE else DataSpec(samples=32, seq_len=512)
-    blocks = 1 if SMOKE else 8
+    spec = DataSpec(samples=4, seq_len=64) if SMOKE else DataSpec(samples=16, seq_len=512)
+    blocks = 1 if SMOKE else 4
     with tempfile.TemporaryDirectory() as tmp:
         base = _random_checkpoint(Path(tmp) / "base")
         start = time.perf_counter()
-        run_scan(str(base), spec, dtype="auto", progress=False)
+        run_scan(str(base), spec, dtype="auto")  # progress on stderr: the log shows where time goes
         scan_s = time.perf_counter() - start
         start = time.perf_counter()
         target = Target(blocks=blocks)
-        _, result = auto_prune(str(base), Path(tmp) / "auto", spec, target, dtype="auto", progress=False)
+        _, result = auto_prune(str(base), Path(tmp) / "auto", spec, target, dtype="auto")
         search_s = time.perf_counter() - start
     return {
         "scan_s": scan_s,
