@@ -17,7 +17,8 @@ import qprune
 from qprune.cli.app import app
 from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
-from qprune.healing.distill import HealSettings, heal, kd_loss
+from qprune.healing.distill import HealSettings, heal
+from qprune.healing.kd import kd_loss
 from qprune.healing.lora import lora_config, pruned_modules
 from qprune.io.safetensors import read_checkpoint
 from qprune.measure.data import DataSpec

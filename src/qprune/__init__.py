@@ -27,7 +27,7 @@ _LAZY = {
     "PrunedQwen3ForCausalLM": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3Model": "qprune.modeling.modeling_pruned_qwen3",
     "Plan": "qprune.plan",
-    "HealSettings": "qprune.healing.distill",
+    "HealSettings": "qprune.healing.settings",
     "QpruneError": "qprune.errors",
     "export": "qprune.ops.export",
     "heal": "qprune.healing.distill",
@@ -61,8 +61,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from qprune.errors import QpruneError
-    from qprune.healing.distill import HealSettings, heal
+    from qprune.healing.distill import heal
     from qprune.healing.lora import lora_config, pruned_modules
+    from qprune.healing.settings import HealSettings
     from qprune.measure.verify import verify
     from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
     from qprune.modeling.configuration_pruned_qwen3_moe import PrunedQwen3MoeConfig

@@ -320,8 +320,8 @@ def heal(
 ) -> None:
     """Distil the base model back into a pruned checkpoint (transformers' Trainer; PEFT for --lora)."""
     with user_errors():
-        from qprune.healing.distill import HealSettings
         from qprune.healing.distill import heal as run_heal
+        from qprune.healing.settings import HealSettings
         from qprune.measure.data import HELDOUT_SOURCE, DataSpec
 
         settings = HealSettings(
