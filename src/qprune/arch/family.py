@@ -40,6 +40,8 @@ class Family:
     checkpoint_state: Callable[[dict], dict] = dict
     # config.json fields every transformers version reads the same way, for configs qprune writes.
     portable_config: Callable[[dict], dict] = dict
+    # Config fields that name layers, for a model keeping only `kept_layers` (renumbered from 0): export.
+    renumbered_fields: Callable[[dict, list[int]], dict] = lambda config, kept_layers: {}
 
     @property
     def pruned_model_type(self) -> str:

@@ -92,6 +92,15 @@ def portable_config(config: dict) -> dict:
     return config | {"num_experts": num_experts(config)}
 
 
+def renumbered_fields(config: dict, kept_layers: list[int]) -> dict:
+    """Which layers are dense follows their old numbers; after renumbering, say so layer by layer."""
+    sparse = set(sparse_layers(config))
+    return {
+        "mlp_only_layers": [new for new, old in enumerate(kept_layers) if old not in sparse],
+        "decoder_sparse_step": 1,
+    }
+
+
 def _shape(hidden: int, inner: int, expert_inner: int, layers: int, heads: int) -> dict:
     dense = dict(hidden=hidden, intermediate=inner, layers=layers, heads=heads, kv_heads=4, head_dim=128)
     return dense | dict(vocab=151936, tied=False, experts=128, experts_per_token=8, expert_intermediate=expert_inner)
@@ -116,6 +125,7 @@ QWEN3_MOE = Family(
     positive_int_fields=("moe_intermediate_size", "num_experts_per_tok", "decoder_sparse_step"),
     checkpoint_state=checkpoint_state,
     portable_config=portable_config,
+    renumbered_fields=renumbered_fields,
     bench_shapes={  # from the released config.json files
         "qwen3-30b-a3b": _shape(2048, 6144, 768, 48, 32),
         "qwen3-235b-a22b": _shape(4096, 12288, 1536, 94, 64),

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qprune.arch import family_of
-from qprune.arch.qwen3_moe import sparse_layers
 from qprune.cost import Shape, ideal_speedups, kept_blocks
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
@@ -67,12 +66,7 @@ def stock_config(config: dict, kept_layers: list[int]) -> dict:
     family = family_of(config)
     out = {k: v for k, v in config.items() if k not in _QPRUNE_FIELDS}
     out.update(model_type=family.model_type, architectures=[family.stock_class], num_hidden_layers=len(kept_layers))
-    if "num_experts" in config or family.model_type == "qwen3_moe":
-        # Which layers are dense follows their old numbers; after renumbering, say so layer by layer.
-        sparse = set(sparse_layers(config))
-        out.update(
-            mlp_only_layers=[new for new, old in enumerate(kept_layers) if old not in sparse], decoder_sparse_step=1
-        )
+    out.update(family.renumbered_fields(config, kept_layers))
     if isinstance(config.get("layer_types"), list):
         out["layer_types"] = [config["layer_types"][i] for i in kept_layers]
     if isinstance(config.get("max_window_layers"), int):
