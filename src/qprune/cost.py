@@ -52,31 +52,18 @@ class Shape:
 
     @classmethod
     def from_config(cls, config) -> Shape:
-        """From a config object or a config.json dict."""
-        from qprune.arch import MODEL_TYPES, family_of
-        from qprune.arch.qwen3_moe import num_experts, sparse_layers
+        """From a config object or a config.json dict; what a config.json leaves out is its family's
+        default, and the family adds its own fields (Qwen3-MoE: the experts)."""
+        from qprune.arch import family_of
 
-        if isinstance(config, dict):  # a config.json: what it leaves out is the family's default
-            family = family_of(config) if config.get("model_type") in MODEL_TYPES else None
-            get = config.get if family is None else lambda key, default=None: family.config_field(config, key)
-        else:
-            get = lambda key, default=None: getattr(config, key, default)  # noqa: E731
+        config = config if isinstance(config, dict) else config.to_dict()
+        family = family_of(config)
+
+        def get(key: str):
+            return family.config_field(config, key)
+
         hidden, heads = get("hidden_size"), get("num_attention_heads")
-        moe = {}
-        experts = num_experts(config) if isinstance(config, dict) else get("num_experts")
-        if "moe" in (get("model_type") or "") and experts:
-            fields = {k: get(k) for k in ("decoder_sparse_step", "mlp_only_layers") if get(k) is not None}
-            sparse = set(
-                sparse_layers({**fields, "num_experts": experts, "num_hidden_layers": get("num_hidden_layers")})
-            )
-            moe = dict(
-                experts=experts,
-                experts_per_token=get("num_experts_per_tok"),
-                expert_intermediate=get("moe_intermediate_size"),
-                dense_mlp_layers=tuple(i for i in range(get("num_hidden_layers")) if i not in sparse),
-            )
         return cls(
-            **moe,
             hidden=hidden,
             intermediate=get("intermediate_size"),
             layers=get("num_hidden_layers"),
@@ -84,8 +71,9 @@ class Shape:
             kv_heads=get("num_key_value_heads") or heads,
             head_dim=get("head_dim") or hidden // heads,
             vocab=get("vocab_size"),
-            tied=bool(get("tie_word_embeddings", False)),
-            attention_bias=bool(get("attention_bias", False)),
+            tied=bool(get("tie_word_embeddings")),
+            attention_bias=bool(get("attention_bias")),
+            **family.shape_fields(config),
         )
 
     @property

@@ -42,6 +42,8 @@ class Family:
     portable_config: Callable[[dict], dict] = dict
     # Config fields that name layers, for a model keeping only `kept_layers` (renumbered from 0): export.
     renumbered_fields: Callable[[dict, list[int]], dict] = lambda config, kept_layers: {}
+    # The family's own fields of `cost.Shape` (what its cost formulas need beyond a dense Qwen3's).
+    shape_fields: Callable[[dict], dict] = lambda config: {}
 
     @property
     def pruned_model_type(self) -> str:

@@ -101,6 +101,18 @@ def renumbered_fields(config: dict, kept_layers: list[int]) -> dict:
     }
 
 
+def shape_fields(config: dict) -> dict:
+    """The expert fields of `cost.Shape`: experts per block, those a token runs, their width, and the
+    layers whose feed-forward block is dense."""
+    sparse = set(sparse_layers(config))
+    return {
+        "experts": num_experts(config),
+        "experts_per_token": config_field(config, "num_experts_per_tok", _DEFAULTS),
+        "expert_intermediate": config_field(config, "moe_intermediate_size", _DEFAULTS),
+        "dense_mlp_layers": tuple(i for i in range(config["num_hidden_layers"]) if i not in sparse),
+    }
+
+
 def _shape(hidden: int, inner: int, expert_inner: int, layers: int, heads: int) -> dict:
     dense = dict(hidden=hidden, intermediate=inner, layers=layers, heads=heads, kv_heads=4, head_dim=128)
     return dense | dict(vocab=151936, tied=False, experts=128, experts_per_token=8, expert_intermediate=expert_inner)
@@ -126,6 +138,7 @@ QWEN3_MOE = Family(
     checkpoint_state=checkpoint_state,
     portable_config=portable_config,
     renumbered_fields=renumbered_fields,
+    shape_fields=shape_fields,
     bench_shapes={  # from the released config.json files
         "qwen3-30b-a3b": _shape(2048, 6144, 768, 48, 32),
         "qwen3-235b-a22b": _shape(4096, 12288, 1536, 94, 64),
