@@ -121,6 +121,9 @@ def test_bench_shape_uses_the_named_shape(monkeypatch):
         (["--shape", "qwen3-0.6b", "--attn", "1", "--repeats", "0"], "--repeats must be at least 1"),
         (["--shape", "qwen3-0.6b", "--attn", "1", "--device", "cuda:0"], "no CUDA device"),
         (["/nonexistent/pruned", "--base", "/nonexistent/base"], "/nonexistent/pruned does not exist"),
+        (["--shape", "qwen3-0.6b", "--attn", "1", "--layers", "0"], "--layers 0: qwen3-0.6b has 1..28 layers"),
+        (["--shape", "qwen3-30b-a3b", "--attn", "3", "--layers", "2"], "--attn: layer 3 is out of range"),
+        (["MODEL", "--base", "BASE", "--layers", "2"], "--layers goes with --shape"),
     ],
 )
 def test_bench_bad_input(args, message):
