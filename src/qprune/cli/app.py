@@ -18,6 +18,7 @@ from qprune.cli.options import (
     DTYPE,
     FORCE,
     LOAD_DTYPE,
+    MAX_MEMORY,
     MLP,
     PLAN,
     QUANTIZE,
@@ -28,6 +29,7 @@ from qprune.cli.options import (
     TEXT_FIELD,
     data_spec,
     parse_batches,
+    parse_memory,
     parse_size,
     read_plan,
     reporter,
@@ -101,6 +103,7 @@ def prune(
     seed: int = SEED,
     dtype: str = DTYPE,
     max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
+    max_memory: Optional[str] = MAX_MEMORY,
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -110,9 +113,12 @@ def prune(
     that matter least and records its trace in the output."""
     with user_errors():
         shard_size = parse_size(max_shard_size)
+        memory = parse_memory(max_memory)
         if not auto:
-            if blocks is not None or param_ratio is not None or whole_layers:
-                raise QpruneError("--blocks, --param-ratio and --whole-layers choose blocks automatically: add --auto")
+            if blocks is not None or param_ratio is not None or whole_layers or memory is not None:
+                raise QpruneError(
+                    "--blocks, --param-ratio, --whole-layers and --max-memory choose blocks automatically: add --auto"
+                )
             from qprune.ops.prune import prune as run_prune
 
             typer.echo(
@@ -136,6 +142,7 @@ def prune(
             max_shard_size=shard_size,
             force=force,
             progress=progress,
+            max_memory=memory,
         )
     typer.echo(found.table() + "\n")
     typer.echo(result.summary())
@@ -174,6 +181,7 @@ def scan(
     whole_layers: bool = typer.Option(
         False, "--whole-layers", help="Also score every layer as one unit (both blocks removed), ranked among layers."
     ),
+    max_memory: Optional[str] = MAX_MEMORY,
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -183,7 +191,16 @@ def scan(
 
         progress = reporter(quiet)
         spec = data_spec(data, text_field, samples, seq_len, seed)
-        done = run_scan(model, spec, out, dtype=dtype, force=force, progress=progress, whole_layers=whole_layers)
+        done = run_scan(
+            model,
+            spec,
+            out,
+            dtype=dtype,
+            force=force,
+            progress=progress,
+            whole_layers=whole_layers,
+            max_memory=parse_memory(max_memory),
+        )
     if as_json:
         typer.echo(json.dumps(done.report, indent=2))
         return

@@ -29,13 +29,17 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(getattr(error, "exit_code", 2)) from None
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--max-shard-size") -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     known = match is not None and match.group(2).upper() in _UNITS
     size = int(float(match.group(1)) * _UNITS[match.group(2).upper()]) if known else 0
     if size <= 0:
-        raise QpruneError(f"--max-shard-size: {text!r} is not a size like 500MB or 5GB")
+        raise QpruneError(f"{option}: {text!r} is not a size like 500MB or 5GB")
     return size
+
+
+def parse_memory(text: Optional[str]) -> Optional[int]:
+    return None if text is None else parse_size(text, "--max-memory")
 
 
 def read_plan(attn: Optional[str], mlp: Optional[str], plan_file: Optional[Path]):
@@ -65,6 +69,12 @@ DTYPE = typer.Option(
     "--dtype",
     help="Weights' dtype while measuring: auto (bfloat16 where the hardware computes it natively, else float32), "
     "bfloat16 or float32.",
+)
+MAX_MEMORY = typer.Option(
+    None,
+    "--max-memory",
+    help="Memory to measure within, e.g. 600MB or 16GB: weights are read a layer at a time and states beyond "
+    "it go to disk ($TMPDIR). Default: the whole model in memory, or layer by layer when it does not fit.",
 )
 QUIET = typer.Option(
     False, "--quiet", "-q", "--no-progress", help="No progress or status lines on stderr (results still print)."

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 Block = tuple[int, str]
 KINDS = ("attn", "mlp")
-_LOGIT_BUDGET = 2**20  # float32 logits computed at once (4 MB; >= 256 tokens): big chunks spill out of CPU caches
+_LOGIT_BUDGET = 2**20  # float32 logits computed at once (4 MB): big chunks spill out of CPU caches
 
 
 def all_blocks(num_layers: int) -> list[Block]:
@@ -102,33 +102,72 @@ def micro_batches(batch: torch.Tensor, vocab_size: int, budget_bytes: int = 2**2
     return list(batch.split(size))
 
 
+def logit_chunk(vocab_size: int) -> int:
+    """Tokens whose logits are computed at once: about `_LOGIT_BUDGET` floats, and at least 64 rows
+    (fewer starve the matrix multiply; for Qwen3's vocabulary, 64 rows are 39 MB of float32)."""
+    return max(64, _LOGIT_BUDGET // vocab_size)
+
+
 def token_stats(
     model, normed: torch.Tensor, input_ids: torch.Tensor, reference: torch.Tensor | None = None
 ) -> TokenStats:
     """NLL of next-token prediction (and KL(reference || model) when reference log-probs are given) from
     final normed hidden states; logits are computed in chunks so they never exist all at once."""
-    hidden = normed[:, :-1].reshape(-1, normed.shape[-1])
-    targets = input_ids[:, 1:].reshape(-1).to(hidden.device)
+    hidden, targets = _predicting(normed, input_ids)
     if reference is None:
         return TokenStats(chunked_nll(model, hidden, targets), 0.0, hidden.shape[0])
-    weight = model.lm_head.weight
-    chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
+    chunk = logit_chunk(model.lm_head.weight.shape[0])
     nll = kl = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
-        logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()
-        labels = targets[start : start + chunk].to(logits.device)
-        logprobs = torch.log_softmax(logits, -1)
-        ref = reference[start : start + chunk].to(logprobs.device)
-        nll = nll + F.nll_loss(logprobs, labels, reduction="sum")  # what cross_entropy computes, bit for bit
-        kl = kl + (ref.exp() * (ref - logprobs)).sum(-1).clamp_min(0).sum()  # >= 0 up to rounding
+        rows = slice(start, start + chunk)
+        chunk_nll, chunk_kl = _chunk_terms(model, hidden[rows], targets[rows], reference[rows])
+        nll, kl = nll + chunk_nll, kl + chunk_kl
     return TokenStats(float(nll), float(kl), hidden.shape[0])
+
+
+def token_stats_of_many(
+    model, normed: dict, input_ids: torch.Tensor, reference_normed: torch.Tensor
+) -> dict[object, TokenStats]:
+    """`token_stats` of several models' normed hidden states (by key) on one micro-batch, with the KL
+    reference computed from the reference model's normed hidden states a chunk at a time: the same
+    arithmetic as `token_stats` with `reference_logprobs`, holding one chunk of reference log-probs."""
+    reference_hidden, targets = _predicting(reference_normed, input_ids)
+    hiddens = {key: _predicting(states, input_ids)[0] for key, states in normed.items()}
+    chunk = logit_chunk(model.lm_head.weight.shape[0])
+    zero = torch.zeros((), dtype=torch.float32, device=reference_hidden.device)
+    sums = {key: (zero, zero) for key in normed}
+    for start in range(0, reference_hidden.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        reference = _reference_chunk(model, reference_hidden[rows])
+        for key, hidden in hiddens.items():
+            chunk_nll, chunk_kl = _chunk_terms(model, hidden[rows], targets[rows], reference)
+            sums[key] = (sums[key][0] + chunk_nll, sums[key][1] + chunk_kl)
+    return {key: TokenStats(float(nll), float(kl), reference_hidden.shape[0]) for key, (nll, kl) in sums.items()}
+
+
+def _predicting(normed: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states [N, hidden] of the positions that predict a token, and those tokens [N]."""
+    hidden = normed[:, :-1].reshape(-1, normed.shape[-1])
+    return hidden, input_ids[:, 1:].reshape(-1).to(hidden.device)
+
+
+def _chunk_terms(model, hidden: torch.Tensor, targets: torch.Tensor, reference: torch.Tensor):
+    """Summed NLL and KL(reference || model) of one chunk of tokens, as float32 scalars. Few
+    vocabulary-sized temporaries: the model's log-probs are turned into the KL terms in place."""
+    weight = model.lm_head.weight
+    logprobs = torch.log_softmax(F.linear(hidden.to(weight.device), weight).float(), -1)
+    reference = reference.to(logprobs.device)
+    nll = F.nll_loss(logprobs, targets.to(logprobs.device), reduction="sum")  # what cross_entropy computes
+    gap = torch.sub(reference, logprobs, out=logprobs)  # reference - logprobs
+    kl = reference.exp().mul_(gap).sum(-1).clamp_min(0).sum()  # >= 0 up to rounding
+    return nll, kl
 
 
 def chunked_nll(model, hidden: torch.Tensor, targets: torch.Tensor) -> float:
     """Summed NLL of `targets` [N] given final normed hidden states [N, hidden], in float32; logits are
     computed a chunk of tokens at a time, so [N, vocab] never exists at once."""
     weight = model.lm_head.weight
-    chunk = max(256, _LOGIT_BUDGET // weight.shape[0])
+    chunk = logit_chunk(weight.shape[0])
     nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
         logits = F.linear(hidden[start : start + chunk].to(weight.device), weight).float()
@@ -137,8 +176,20 @@ def chunked_nll(model, hidden: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def reference_logprobs(model, normed: torch.Tensor) -> torch.Tensor:
+    """Log-probs [N, vocab] of the tokens' predictions, computed a logit chunk at a time as
+    `token_stats_of_many` computes them."""
     hidden = normed[:, :-1].reshape(-1, normed.shape[-1])
-    return torch.log_softmax(F.linear(hidden.to(model.lm_head.weight.device), model.lm_head.weight).float(), -1)
+    weight = model.lm_head.weight
+    chunk = logit_chunk(weight.shape[0])
+    out = torch.empty(hidden.shape[0], weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, hidden.shape[0], chunk):
+        out[start : start + chunk] = _reference_chunk(model, hidden[start : start + chunk])
+    return out
+
+
+def _reference_chunk(model, hidden: torch.Tensor) -> torch.Tensor:
+    weight = model.lm_head.weight
+    return torch.log_softmax(F.linear(hidden.to(weight.device), weight).float(), -1)
 
 
 @dataclass
@@ -151,7 +202,38 @@ class _Path:
     reference: torch.Tensor | None  # dense model's final normed hidden states, for KL
 
 
-class BlockRunner:
+class RecordingRunner:
+    """What the block runners share: the candidates left, a hook per layer that records the residual
+    stream entering its MLP block while `_record` is a dict, and removing the hooks on close."""
+
+    _record: dict | None = None
+    _handles: list
+    layers: list
+    removed: set[Block]
+
+    def candidates(self) -> list[Block]:
+        return [b for b in all_blocks(len(self.layers)) if b not in self.removed]
+
+    def _mlp_entered(self, i: int):
+        def hook(module, args):
+            if self._record is not None:
+                self._record[(i, "mlp")] = args[0]
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BlockRunner(RecordingRunner):
     """Evaluates block removals on calibration batches; see the module docstring."""
 
     def __init__(self, model, batch: torch.Tensor, *, kl: bool = False, progress=None) -> None:
@@ -188,24 +270,6 @@ class BlockRunner:
 
         return hook
 
-    def _mlp_entered(self, i: int):
-        def hook(module, args):
-            if self._record is not None:
-                self._record[(i, "mlp")] = args[0]
-
-        return hook
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> BlockRunner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # -- passes ----------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -231,9 +295,6 @@ class BlockRunner:
             args, kwargs = path.layer_calls[i]
             hidden = self.layers[i](hidden, *args, **kwargs)
         return self.model.model.norm(hidden)
-
-    def candidates(self) -> list[Block]:
-        return [b for b in all_blocks(len(self.layers)) if b not in self.removed]
 
     @torch.inference_mode()
     def evaluate(

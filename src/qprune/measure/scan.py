@@ -32,6 +32,7 @@ import torch
 from qprune.io.output import atomic_output, check_output
 from qprune.measure.ablation import KINDS, Block, BlockRunner, TokenStats, all_blocks, micro_batches, token_stats
 from qprune.measure.data import DataSpec
+from qprune.runtime.streamed import StreamedModel
 
 # Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
 METRICS = {
@@ -206,9 +207,22 @@ def scan_blocks(
 ) -> ScanResult:
     """Score every block the model still has on the calibration batch (see the module docstring), and
     with `whole_layers` every layer it still has whole. Without `ablation`, only the one-pass measures
-    (cosine, update): a single forward."""
+    (cosine, update): a single forward. `model` is a loaded model or a `StreamedModel` (layer by layer
+    within its `max_memory`; the same scores)."""
+    from qprune.measure.layerwise import open_runner, skeleton
+
     start = time.perf_counter()
-    one_pass, dense = one_pass_metrics(model, batch, progress, stats=not ablation)  # else the runner's
+    runner = None
+    if isinstance(model, StreamedModel):
+        # The one-pass hooks ride on the runner's first pass over the layers.
+        metrics = _OnePass(model.skeleton)
+        try:
+            runner = open_runner(model, batch, kl=ablation, progress=progress)
+        finally:
+            metrics.close()
+        one_pass, dense = {block: metrics.result(block) for block in metrics.sums}, runner.dense_stats
+    else:
+        one_pass, dense = one_pass_metrics(model, batch, progress, stats=not ablation)  # else the runner's
     first_pass = time.perf_counter() - start
     scores = {
         block: {"cosine_similarity": cosine, "relative_update_norm": ratio}
@@ -216,15 +230,18 @@ def scan_blocks(
         if whole_layers or block[1] != "layer"
     }
     if ablation:
-        with BlockRunner(model, batch, kl=True, progress=progress) as runner:
+        with runner or BlockRunner(model, batch, kl=True, progress=progress) as runner:
             layers = [unit for unit in scores if unit[1] == "layer"]
             ablated = runner.evaluate(runner.candidates() + layers, progress=progress)
             dense = runner.dense_stats
         for block, stats in ablated.items():
             scores[block] |= {"delta_nll": stats.mean_nll - dense.mean_nll, "kl": stats.mean_kl}
-    pruned = sorted(b for b in all_blocks(len(model.model.layers)) if b not in scores)
+    elif runner is not None:
+        runner.close()
+    num_layers = len(skeleton(model).model.layers)
+    pruned = sorted(b for b in all_blocks(num_layers) if b not in scores)
     timings = {"one_pass": first_pass, "ablation": time.perf_counter() - start - first_pass}
-    return ScanResult(len(model.model.layers), dense, scores, pruned, timings)
+    return ScanResult(num_layers, dense, scores, pruned, timings)
 
 
 def write_heatmap(result: ScanResult, path: Path, title: str) -> bool:
@@ -291,8 +308,10 @@ def run_scan(
     force: bool = False,
     progress: bool = True,
     whole_layers: bool = False,
+    max_memory: int | None = None,
 ) -> ScanReport:
-    """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png."""
+    """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png. With
+    `max_memory` (bytes), a model that does not fit is scanned layer by layer within it."""
     from qprune.measure.data import load_for_measurement
     from qprune.progress import as_progress
 
@@ -300,7 +319,7 @@ def run_scan(
         check_output(Path(out), force, sources=[source])
     start = time.perf_counter()
     progress = as_progress(progress)
-    model, batch = load_for_measurement(source, spec, dtype, progress)
+    model, batch = load_for_measurement(source, spec, dtype, progress, max_memory)
     loaded = time.perf_counter()
     progress.note(f"scanning {2 * model.config.num_hidden_layers} blocks")
     result = scan_blocks(model, batch, progress=progress, whole_layers=whole_layers)
@@ -312,6 +331,7 @@ def run_scan(
         "seed": spec.seed,
         "dtype": dtype,
         "device": str(model.device),
+        **({"max_memory": model.max_memory} if isinstance(model, StreamedModel) else {}),
         **result.to_dict(),
     }
     heatmap = False

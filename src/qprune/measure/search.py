@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
 from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError
-from qprune.measure.ablation import Block, BlockRunner, FullForwardRunner, all_blocks, expand
+from qprune.measure.ablation import Block, FullForwardRunner, all_blocks, expand
+from qprune.measure.layerwise import open_runner, skeleton
 from qprune.ops.report import SearchReport, SearchStep
 from qprune.plan import Plan
 
@@ -197,11 +198,11 @@ def greedy_search(
         raise QpruneError(f"{{metric}} {metric}: the greedy search uses {' or '.join(SEARCH_METRICS)}")
     start = time.perf_counter()
     kl = metric == "kl"
-    runner_class = FullForwardRunner if naive else BlockRunner
-    with runner_class(model, batch, kl=kl, progress=progress) as runner:
-        candidates = _candidates(model, runner.removed, constraints)
+    structure = skeleton(model)
+    with open_runner(model, batch, kl=kl, progress=progress, naive=naive) as runner:
+        candidates = _candidates(structure, runner.removed, constraints)
         _check_reachable(target, candidates)
-        budget = _Budget(target, model.config, runner.removed)
+        budget = _Budget(target, structure.config, runner.removed)
         budget.check_any_fits(candidates)
         dense = _figures(runner.dense_stats.mean_nll, 0.0 if kl else None)
         steps: list[SearchStep] = []
@@ -218,7 +219,7 @@ def greedy_search(
             chosen = stats[best]
             figures = _figures(chosen.mean_nll, chosen.mean_kl if kl else None)
             steps.append(SearchStep(best[0], best[1], chosen.metric(metric), **figures))
-        chosen_plan = _plan(runner.removed - _initial(model))
+        chosen_plan = _plan(runner.removed - _initial(structure))
     return SearchResult(
         "greedy",
         metric,
@@ -244,10 +245,11 @@ def oneshot_search(
     scan = scan_blocks(
         model, batch, progress=progress, ablation=metric in SEARCH_METRICS, whole_layers=constraints.whole_layers
     )
-    removed = _initial(model)
-    candidates = _candidates(model, removed, constraints)
+    structure = skeleton(model)
+    removed = _initial(structure)
+    candidates = _candidates(structure, removed, constraints)
     _check_reachable(target, candidates)
-    budget = _Budget(target, model.config, removed)
+    budget = _Budget(target, structure.config, removed)
     budget.check_any_fits(candidates)
     importance = scan.importance(metric, whole_layers=constraints.whole_layers)
     steps = []
@@ -321,9 +323,11 @@ def auto_prune(
     max_shard_size: int | None = None,
     force: bool = False,
     progress: bool | Progress = True,
+    max_memory: int | None = None,
 ):
     """Choose a plan on `spec`'s calibration data, then write the pruned checkpoint with the search
-    report in it. Returns (PruneResult, SearchResult)."""
+    report in it. With `max_memory` (bytes), a model that does not fit is searched layer by layer within
+    it (the same plan). Returns (PruneResult, SearchResult)."""
     from pathlib import Path
 
     from qprune.io.output import check_output
@@ -338,7 +342,7 @@ def auto_prune(
 
     progress = as_progress(progress)
     model_dir = str(resolve_model_dir(source))  # once: a hub id is looked up here, not again below
-    model, batch = load_for_measurement(model_dir, spec, dtype, progress)
+    model, batch = load_for_measurement(model_dir, spec, dtype, progress, max_memory)
     if not attention_prunable(model.config.to_dict()) and constraints.only != "mlp":
         raise QpruneError(SLIDING_WINDOW_ATTENTION + ": restrict {only} to mlp")
     unit = "layers" if constraints.whole_layers else "blocks"

@@ -1,11 +1,14 @@
-"""Process memory: hand back to the OS what Python freed, so that measured growth is what a model holds.
+"""Process memory: hand back to the OS what Python freed, so that measured growth is what a model holds;
+and how much memory the machine has available.
 
 return_freed_memory()   # after quantizing while loading, and between benchmark runs
+available_memory()      # bytes the OS can give without swapping (None where it cannot say)
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 
@@ -18,3 +21,19 @@ def return_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
             pass
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation without swapping: MemAvailable on Linux (free memory
+    plus the page cache that can be reclaimed), else free pages; None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
