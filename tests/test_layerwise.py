@@ -111,6 +111,16 @@ def test_state_store_spills_beyond_its_budget_and_cleans_up():
     assert not (directory and __import__("os").path.exists(directory))
 
 
+def test_a_disk_that_cannot_take_the_states_is_one_error(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda prefix: str(tmp_path / "missing" / "dir"))
+    store = StateStore(budget=0)
+    with pytest.raises(QpruneError, match=r"cannot spill states to .*missing/dir .*TMPDIR.*max_memory"):
+        store.put("x", torch.ones(4))
+    store.close()
+
+
 def test_a_limit_below_the_minimum_names_it(tmp_path):
     base = save_tiny_qwen3(tmp_path / "base")
     minimum = _plan(base).minimum
@@ -187,3 +197,18 @@ def test_max_memory_bad_input(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1  # one line
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_perplexity_layer_by_layer_is_the_same(tmp_path):
+    model = _embedded_copy(tmp_path)
+    args = ["eval", str(model), "--seq-len", "128", "--stride", "64", "--max-tokens", "700", "--dtype", "float32"]
+    whole = runner.invoke(app, [*args, "--json", "--quiet"])
+    layered = runner.invoke(app, [*args, "--json", "--max-memory", "40MB"])
+    assert whole.exit_code == 0 and layered.exit_code == 0, layered.output
+    assert "memory plan: 40.00 MB" in layered.stderr
+    first, second = json.loads(whole.stdout), json.loads(layered.stdout)
+    assert first["model"] == second["model"]  # perplexity and parameter bytes
+    refused = runner.invoke(app, [*args, "--max-memory", "40MB", "--check-overflow", "--quiet"])
+    assert refused.exit_code == 2 and "--check-overflow needs the whole model in memory" in refused.stderr
+    refused = runner.invoke(app, [*args, "--max-memory", "40MB", "--quantize", "int8", "--quiet"])
+    assert refused.exit_code == 2 and "--quantize loads the whole model" in refused.stderr

@@ -231,6 +231,7 @@ def evaluate(
     dtype: Optional[str] = LOAD_DTYPE,
     quantize: Optional[str] = QUANTIZE,
     check_overflow: bool = CHECK_OVERFLOW,
+    max_memory: Optional[str] = MAX_MEMORY,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
     quiet: bool = QUIET,
 ) -> None:
@@ -254,6 +255,7 @@ def evaluate(
             progress=progress,
             quantize=quantize,
             check_overflow=check_overflow,
+            max_memory=parse_memory(max_memory),
         )
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 

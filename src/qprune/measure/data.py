@@ -195,6 +195,7 @@ def load_for_measurement(
     import torch
 
     from qprune.io.source import resolve_model_dir
+    from qprune.measure.memory_plan import MemoryPlan, layer_by_layer_limit
     from qprune.progress import as_progress
     from qprune.runtime.load import load, load_config, load_tokenizer
     from qprune.runtime.precision import check_dtype_name, resolve_auto
@@ -204,37 +205,12 @@ def load_for_measurement(
     model_dir = resolve_model_dir(source)
     batch = load_token_batches(spec, load_tokenizer(model_dir))
     progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")
-    limit = _layer_by_layer_limit(load_config(model_dir), getattr(torch, dtype), batch, max_memory, progress)
+    samples, seq_len = batch.shape
+    plan = MemoryPlan.of(load_config(model_dir), getattr(torch, dtype), samples=samples, seq_len=seq_len, kl=True)
+    limit = layer_by_layer_limit(plan, max_memory, progress)
     if limit is not None:
         from qprune.runtime.streamed import StreamedModel
 
         return StreamedModel.open(model_dir, getattr(torch, dtype), max_memory=limit), batch
     device_map = "auto" if torch.cuda.is_available() else None
     return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
-
-
-def _layer_by_layer_limit(config, dtype, batch, max_memory: int | None, progress) -> int | None:
-    """The memory limit to measure layer by layer within, or None to hold the whole model in memory
-    (it fits `max_memory`, or with none given, what is available; on a GPU, with none given, always)."""
-    import torch
-
-    from qprune.measure.memory_plan import MemoryPlan
-    from qprune.runtime.memory import available_memory
-    from qprune.words import human_bytes
-
-    samples, seq_len = batch.shape
-    plan = MemoryPlan.of(config, dtype, samples=samples, seq_len=seq_len, kl=True, limit=max_memory)
-    plan.check()
-    if max_memory is None:
-        available = None if torch.cuda.is_available() else available_memory()
-        if available is None or plan.in_memory <= available:
-            return None
-        progress.note(
-            f"the model and its states need about {human_bytes(plan.in_memory)}, more than the "
-            f"{human_bytes(available)} available: measuring layer by layer (--max-memory sets the limit)"
-        )
-        return available
-    if plan.in_memory <= max_memory:
-        progress.note(f"the model and its states fit in {human_bytes(max_memory)}: measuring in memory")
-        return None
-    return max_memory

@@ -81,6 +81,7 @@ def perplexity(
     import torch
 
     from qprune.measure.ablation import chunked_nll
+    from qprune.runtime.streamed import StreamedModel
 
     spans = windows(tokens.numel(), seq_len, stride)
     # Windows of one length are batched; only the last one can be shorter.
@@ -88,20 +89,35 @@ def perplexity(
     for span in spans:
         groups.setdefault(span.end - span.begin, []).append(span)
     batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
-    device = model.get_input_embeddings().weight.device
+    ids = [torch.stack([tokens[w.begin : w.end] for w in batch]) for batch in batches]
+    progress = as_progress(progress)
+    if isinstance(model, StreamedModel):  # layer by layer: every window through a layer, then the next
+        from qprune.measure.layerwise import final_states
+
+        states, model = final_states(model, ids, progress), model.skeleton
+    else:
+        states = _forward(model, ids, progress)
     result = Perplexity(0.0, 0)
     with torch.inference_mode():
-        for batch in as_progress(progress)(batches, "perplexity"):
-            ids = torch.stack([tokens[w.begin : w.end] for w in batch]).to(device)
-            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
-            for row, w in enumerate(batch):
+        for k, hidden in states:
+            for row, w in enumerate(batches[k]):
                 first = w.scored_from - w.begin  # position of the first scored token in the window
-                targets = ids[row, first:]
+                targets = ids[k][row, first:].to(hidden.device)
                 result.nll += chunked_nll(model, hidden[row, first - 1 : -1], targets)
                 result.tokens += targets.numel()
             if not math.isfinite(result.nll):  # inf/NaN logits: say why now, not after every window
                 raise NonFiniteLogitsError(overflow_message(model))
     return result
+
+
+def _forward(model, ids: list[torch.Tensor], progress: Progress):
+    """(batch index, final normed hidden states) of each batch, a whole forward each."""
+    import torch
+
+    device = model.get_input_embeddings().weight.device
+    with torch.inference_mode():
+        for k, batch in enumerate(progress(ids, "perplexity")):
+            yield k, model.model(input_ids=batch.to(device), use_cache=False).last_hidden_state
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -207,10 +223,13 @@ def run_eval(
     progress: bool | Progress = True,
     quantize: str | None = None,
     check_overflow: bool = False,
+    max_memory: int | None = None,
 ) -> EvalReport:
     """Perplexity of `model` (and of `base`) on the data, and their greedy generations for `prompts`.
     `dtype` defaults to each checkpoint's; `quantize` applies to both models (see quantization.MODES);
-    `check_overflow` runs `find_overflow` on the first window first."""
+    `check_overflow` runs `find_overflow` on the first window first. A model that does not fit
+    `max_memory` bytes (or, with none given on a CPU, the memory available) is run layer by layer
+    for its perplexity (the same value); generations, quantization and the overflow check need it whole."""
     import torch
 
     from qprune.io.source import read_model_config, resolve_model_dir
@@ -236,6 +255,8 @@ def run_eval(
     tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)
     windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading
 
+    if quantize is not None and max_memory is not None:
+        raise QpruneError("{quantize} loads the whole model; it cannot be combined with {max_memory}")
     device_map = "auto" if torch.cuda.is_available() else None
     progress = as_progress(progress)
     dtype = resolve_auto(dtype, progress.note)
@@ -243,14 +264,24 @@ def run_eval(
     for name, path in ((model, model_dir), (base, base_dir)):
         if path is None:
             continue
-        loaded = load(path, dtype=dtype, device_map=device_map, quantize=quantize)
+        streamed = (
+            None
+            if quantize
+            else _layer_by_layer(path, dtype, tokens.numel(), seq_len, stride, batch_size, max_memory, progress)
+        )
+        if streamed is not None and (prompt_list or check_overflow):
+            wanted = "{prompts}" if prompt_list else "{check_overflow}"
+            raise QpruneError(f"{name} is measured layer by layer; {wanted} needs the whole model in memory")
+        loaded = streamed or load(path, dtype=dtype, device_map=device_map, quantize=quantize)
         overflow = find_overflow(loaded, tokens[None, :seq_len]) if check_overflow else None
         if overflow is not None and overflow.first is not None:
             raise NonFiniteLogitsError(f"{name}: {overflow}; {overflow_message(loaded, suggest_check=False)}")
         ppl = perplexity(loaded, tokens, seq_len, stride, batch_size, progress)
         generations = [complete(loaded, tokenizer, p, max_new_tokens) for p in prompt_list]
-        results.append(ModelEval(name, ppl, parameter_bytes(loaded), generations, overflow))
-        dtype_used = str(loaded.get_input_embeddings().weight.dtype).removeprefix("torch.")
+        size = loaded.parameter_bytes if streamed is not None else parameter_bytes(loaded)
+        results.append(ModelEval(name, ppl, size, generations, overflow))
+        dtype_used = str(loaded.dtype if streamed is not None else loaded.get_input_embeddings().weight.dtype)
+        dtype_used = dtype_used.removeprefix("torch.")
         del loaded
     return EvalReport(
         {"source": spec.describe()["source"], "text_field": spec.text_field, "max_tokens": max_tokens},
@@ -262,3 +293,24 @@ def run_eval(
         dtype_used,
         quantize,
     )
+
+
+def _layer_by_layer(
+    path, dtype: str | None, tokens: int, seq_len: int, stride: int, batch_size: int, max_memory, progress
+):
+    """A `StreamedModel` when the checkpoint at `path` is to be run layer by layer, else None."""
+    import torch
+
+    from qprune.io.source import read_model_config
+    from qprune.measure.memory_plan import MemoryPlan, layer_by_layer_limit
+    from qprune.runtime.load import load_config
+    from qprune.runtime.precision import choose_dtype
+    from qprune.runtime.streamed import StreamedModel
+
+    raw = read_model_config(Path(path))
+    concrete = choose_dtype(dtype, raw.get("dtype") or raw.get("torch_dtype"), torch.cuda.is_available())
+    length = min(seq_len, tokens)
+    count = len(windows(tokens, seq_len, stride))
+    plan = MemoryPlan.of(load_config(path), concrete, samples=count, seq_len=length, kl=False, micro_batch=batch_size)
+    limit = layer_by_layer_limit(plan, max_memory, progress)
+    return None if limit is None else StreamedModel.open(path, concrete, max_memory=limit)

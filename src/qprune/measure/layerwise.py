@@ -19,7 +19,7 @@ close (the tests compare them). The memory plan (`memory_plan.py`) decides what 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,7 @@ from qprune.measure.ablation import (
 )
 from qprune.measure.memory_plan import MemoryPlan
 from qprune.measure.states import StateStore
+from qprune.runtime.memory import return_large_frees
 from qprune.runtime.streamed import StreamedModel
 
 
@@ -69,80 +70,47 @@ class _Stream:
     record: bool = False  # keep the state entering each block it passes (the current model's stream)
 
 
-class LayerwiseRunner(RecordingRunner):
-    """`BlockRunner`'s interface on a `StreamedModel` within `max_memory` bytes; see the module docstring."""
+class LayerPasses:
+    """Passes over a `StreamedModel`'s layers for batches of token ids: embedding them (and recording each
+    layer's arguments), advancing streams through the layers, and the stores that hold the states."""
 
-    def __init__(
-        self,
-        streamed: StreamedModel,
-        batch: torch.Tensor,
-        *,
-        kl: bool = False,
-        progress=None,
-        max_memory: int | None = None,
-    ) -> None:
-        max_memory = max_memory if max_memory is not None else streamed.max_memory
-        self.streamed = streamed
+    def __init__(self, streamed: StreamedModel, batches: list[torch.Tensor], plan: MemoryPlan, streams: int) -> None:
+        plan.check()
+        if plan.limit is not None:
+            return_large_frees()  # else glibc keeps freed logit chunks: the limit would not hold
+        self.streamed, self.plan = streamed, plan
         self.model = streamed.skeleton
         self.layers = self.model.model.layers
-        self.kl = kl
-        self.progress = progress
-        self.removed = self._initial = removed_blocks(self.model)
-        self.batches = micro_batches(batch, self.model.config.vocab_size)
-        self.plan = MemoryPlan.of(
-            self.model.config, streamed.dtype, samples=batch.shape[0], seq_len=batch.shape[1], kl=kl, limit=max_memory
-        )
-        self.plan.check()
-        most = len(self.candidates()) + len(self.layers)  # blocks, and whole layers in a scan
-        entry_budget, live_budget = self.plan.budgets(most)
+        self.removed: set[Block] = removed_blocks(self.model)
+        self.batches = batches
+        self.progress = None
+        self._record: dict | None = None
+        entry_budget, live_budget = plan.budgets(streams)
         self.entries = StateStore(entry_budget)  # (micro-batch, layer, kind) -> state entering that block
         self.live = StateStore(live_budget)  # (stream, micro-batch) -> its state now
         self.calls: list[list] = []  # per micro-batch, per layer: (args, kwargs) as the model's forward passes them
-        self.dense_stats = TokenStats()
-        self._handles = [
-            layer.post_attention_layernorm.register_forward_pre_hook(self._mlp_entered(i))
-            for i, layer in enumerate(self.layers)
-        ]
-        if progress:
-            progress.note(self.plan.describe(most))
-        try:
-            self._first_pass()
-        except BaseException:
-            self.close()
-            raise
 
     def close(self) -> None:
-        super().close()
-        for i, layer in enumerate(self.layers):  # the flags as they were: removals were for measuring
-            layer.prune_self_attn, layer.prune_mlp = (i, "attn") in self._initial, (i, "mlp") in self._initial
         self.entries.close()
         self.live.close()
 
-    @property
-    def spilled_bytes(self) -> int:
-        """Bytes of states written to disk so far."""
-        return self.entries.written_bytes + self.live.written_bytes
-
-    # -- passes ----------------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def _first_pass(self) -> None:
-        """Embed every micro-batch and record the layers' arguments, then run the current model, keeping
-        the state entering every block; its stats are the dense stats, its output the KL reference."""
+    def final_states(self, description: str, record: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch index, final normed hidden states) of every batch through the current model, as
+        `model.model(input_ids)` computes them: embedded (recording each layer's arguments), advanced
+        through the layers, and yielded while the final norm and head are resident (so the caller can
+        compute logits with the skeleton's `lm_head`). With `record`, the state entering every block
+        is kept in `self.entries`."""
         decoder = self.model.model
         with self.streamed.resident(decoder.embed_tokens):
             for k, input_ids in enumerate(self.batches):
                 embeds = decoder.embed_tokens(input_ids.to(self.streamed.device))
                 self.calls.append(self._layer_calls(embeds))
                 self.live.put(("current", k), embeds)
-        current = _Stream("current", self.removed, 0, lambda k: self.live.pop(("current", k)), record=True)
-        self._sweep([current], "forward")
+        current = _Stream("current", self.removed, 0, lambda k: self.live.pop(("current", k)), record=record)
+        self.sweep([current], description)
         with self.streamed.resident(decoder.norm, self.model.lm_head):
-            for k, input_ids in enumerate(self.batches):
-                normed = decoder.norm(self.live.pop(("current", k)))
-                self.dense_stats += token_stats(self.model, normed, input_ids)
-                if self.kl:
-                    self.entries.put(("reference", k), normed)
+            for k in range(len(self.batches)):
+                yield k, decoder.norm(self.live.pop(("current", k)))
 
     def _layer_calls(self, embeds: torch.Tensor) -> list:
         """The (args, kwargs) each decoder layer gets from the model's own forward (mask, rotary
@@ -165,7 +133,7 @@ class LayerwiseRunner(RecordingRunner):
             decoder.layers = real
         return calls
 
-    def _sweep(self, streams: list[_Stream], description: str) -> None:
+    def sweep(self, streams: list[_Stream], description: str) -> None:
         """Advance every stream through the layers from its start to the last, one layer resident at a
         time; each ends in `self.live` under (its key, micro-batch), before the final norm."""
         first = min(s.start for s in streams)
@@ -198,6 +166,62 @@ class LayerwiseRunner(RecordingRunner):
             self._record = None
         self.live.put((stream.key, k), out)
 
+
+class LayerwiseRunner(LayerPasses, RecordingRunner):
+    """`BlockRunner`'s interface on a `StreamedModel` within `max_memory` bytes; see the module docstring."""
+
+    def __init__(
+        self,
+        streamed: StreamedModel,
+        batch: torch.Tensor,
+        *,
+        kl: bool = False,
+        progress=None,
+        max_memory: int | None = None,
+    ) -> None:
+        max_memory = max_memory if max_memory is not None else streamed.max_memory
+        config = streamed.skeleton.config
+        plan = MemoryPlan.of(
+            config, streamed.dtype, samples=batch.shape[0], seq_len=batch.shape[1], kl=kl, limit=max_memory
+        )
+        most = 3 * config.num_hidden_layers  # blocks, and whole layers in a scan
+        super().__init__(streamed, micro_batches(batch, config.vocab_size), plan, most)
+        self._initial = self.removed
+        self.kl = kl
+        self.progress = progress
+        self.dense_stats = TokenStats()
+        self._handles = [
+            layer.post_attention_layernorm.register_forward_pre_hook(self._mlp_entered(i))
+            for i, layer in enumerate(self.layers)
+        ]
+        if progress:
+            progress.note(plan.describe(most))
+        try:
+            self._first_pass()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        RecordingRunner.close(self)
+        for i, layer in enumerate(self.layers):  # the flags as they were: removals were for measuring
+            layer.prune_self_attn, layer.prune_mlp = (i, "attn") in self._initial, (i, "mlp") in self._initial
+        LayerPasses.close(self)
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of states written to disk so far."""
+        return self.entries.written_bytes + self.live.written_bytes
+
+    @torch.inference_mode()
+    def _first_pass(self) -> None:
+        """Run the current model, keeping the state entering every block; its stats are the dense stats,
+        its output the KL reference."""
+        for k, normed in self.final_states("forward, layers", record=True):
+            self.dense_stats += token_stats(self.model, normed, self.batches[k])
+            if self.kl:
+                self.entries.put(("reference", k), normed)
+
     def _entry(self, block: Block) -> tuple[int, Callable[[int], torch.Tensor]]:
         """Where a stream with `block` removed starts, and its state there: the state entering the block
         (an MLP's is already past its layer)."""
@@ -215,7 +239,7 @@ class LayerwiseRunner(RecordingRunner):
         for g, group in enumerate(groups, 1):
             streams = [_Stream(c, self.removed | expand(c), *self._entry(min(expand(c)))) for c in group]
             part = f" (pass {g} of {len(groups)})" if len(groups) > 1 else ""
-            self._sweep(streams, f"{description}: {len(candidates)} candidates{part}, layers")
+            self.sweep(streams, f"{description}: {len(candidates)} candidates{part}, layers")
             self._finish(group, totals)
         return totals
 
@@ -239,7 +263,7 @@ class LayerwiseRunner(RecordingRunner):
         """Remove `block` for good: the states after it are recomputed without it."""
         self.removed = self.removed | expand(block)
         start, source = self._entry(min(expand(block)))
-        self._sweep([_Stream("current", self.removed, start, source, record=True)], "removing, layers")
+        self.sweep([_Stream("current", self.removed, start, source, record=True)], "removing, layers")
         for k in range(len(self.batches)):
             self.live.discard(("current", k))
 
@@ -258,3 +282,30 @@ def open_runner(model, batch: torch.Tensor, *, kl: bool = False, progress=None, 
     if isinstance(model, StreamedModel):
         return LayerwiseRunner(model, batch, kl=kl, progress=progress, max_memory=model.max_memory)
     return (FullForwardRunner if naive else BlockRunner)(model, batch, kl=kl, progress=progress)
+
+
+@torch.inference_mode()
+def final_states(
+    streamed: StreamedModel, batches: list[torch.Tensor], progress=None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """`LayerPasses.final_states` of these batches of token ids (each [rows, length]) within
+    `streamed.max_memory`: what eval's perplexity runs on a model measured layer by layer."""
+    config = streamed.skeleton.config
+    rows, length = max(b.shape[0] for b in batches), max(b.shape[1] for b in batches)
+    plan = MemoryPlan.of(
+        config,
+        streamed.dtype,
+        samples=sum(b.shape[0] for b in batches),
+        seq_len=length,
+        kl=False,
+        limit=streamed.max_memory,
+        micro_batch=rows,
+    )
+    passes = LayerPasses(streamed, batches, plan, streams=1)
+    passes.progress = progress
+    if progress:
+        progress.note(plan.describe(1))
+    try:
+        yield from passes.final_states("forward, layers")
+    finally:
+        passes.close()

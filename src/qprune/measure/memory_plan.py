@@ -40,16 +40,26 @@ class MemoryPlan:
     reference: int  # a micro-batch's reference log-probs, which the in-memory engine holds at once
 
     @classmethod
-    def of(cls, config, dtype, *, samples: int, seq_len: int, kl: bool, limit: int | None) -> MemoryPlan:
+    def of(
+        cls,
+        config,
+        dtype,
+        *,
+        samples: int,
+        seq_len: int,
+        kl: bool,
+        limit: int | None = None,
+        micro_batch: int | None = None,
+    ) -> MemoryPlan:
         """The plan for a model of `config` (a transformers config) measured in `dtype` on `samples` x
-        `seq_len` tokens."""
+        `seq_len` tokens, `micro_batch` sequences at a time (default: as `ablation.micro_batches`)."""
         from qprune.cost import Shape, block_parameters
         from qprune.measure.ablation import logit_chunk
 
         shape = Shape.from_config(config.to_dict())
         b = dtype.itemsize
         micro = max(1, min(MAX_MICRO_BATCH, 2**28 // (seq_len * shape.vocab * 4)))  # as ablation.micro_batches
-        micro = min(micro, samples)
+        micro = min(micro_batch or micro, samples)
         tokens = micro * seq_len
         layer_sizes = [sum(block_parameters(shape, i).values()) for i in range(shape.layers)]
         embed = shape.vocab * shape.hidden
@@ -130,3 +140,29 @@ class MemoryPlan:
             f"{human_bytes(self.work)} + states; states {human_bytes(needed)} ({where}), "
             f"{self.streams(candidates)} of {candidates} candidates per pass over the layers"
         )
+
+
+def layer_by_layer_limit(plan: MemoryPlan, max_memory: int | None, progress) -> int | None:
+    """The memory limit to measure layer by layer within, or None to hold the whole model in memory:
+    when it fits `max_memory`, or, with none given, the memory available (on a GPU, with none given,
+    always: layer by layer runs on the CPU). A `max_memory` below the plan's minimum is refused."""
+    import dataclasses
+
+    import torch
+
+    from qprune.runtime.memory import available_memory
+
+    dataclasses.replace(plan, limit=max_memory).check()
+    if max_memory is None:
+        available = None if torch.cuda.is_available() else available_memory()
+        if available is None or plan.in_memory <= available:
+            return None
+        progress.note(
+            f"the model and its states need about {human_bytes(plan.in_memory)}, more than the "
+            f"{human_bytes(available)} available: measuring layer by layer (--max-memory sets the limit)"
+        )
+        return available
+    if plan.in_memory <= max_memory:
+        progress.note(f"the model and its states fit in {human_bytes(max_memory)}: measuring in memory")
+        return None
+    return max_memory

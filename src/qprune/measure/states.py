@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qprune.errors import QpruneError
+
 
 @dataclass(frozen=True)
 class _Spilled:
@@ -56,12 +58,19 @@ class StateStore:
             self._items[key] = tensor
             self.resident_bytes += nbytes
             return
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="qprune-states-")
         self._count += 1
-        path = os.path.join(self._dir, f"{self._count}.bin")
         data = tensor.detach().to("cpu").contiguous()
-        data.view(torch.uint8).numpy().tofile(path)  # raw bytes, any dtype (numpy has no bfloat16)
+        try:
+            if self._dir is None:
+                self._dir = tempfile.mkdtemp(prefix="qprune-states-")
+            path = os.path.join(self._dir, f"{self._count}.bin")
+            data.view(torch.uint8).numpy().tofile(path)  # raw bytes, any dtype (numpy has no bfloat16)
+        except OSError as error:  # a full or read-only disk
+            where = self._dir or tempfile.gettempdir()
+            raise QpruneError(
+                f"cannot spill states to {where} ({error.strerror or error}): give TMPDIR a disk with "
+                "room, or more {max_memory}"
+            ) from None
         self._items[key] = _Spilled(path, tuple(tensor.shape), tensor.dtype, tensor.device)
         self.spilled_bytes += nbytes
         self.written_bytes += nbytes

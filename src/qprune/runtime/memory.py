@@ -3,6 +3,7 @@ and how much memory the machine has available.
 
 return_freed_memory()   # after quantizing while loading, and between benchmark runs
 available_memory()      # bytes the OS can give without swapping (None where it cannot say)
+return_large_frees()    # under a memory limit: big freed buffers go back to the OS at once
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ def return_freed_memory() -> None:
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_large_frees(threshold: int = 4 * 2**20) -> None:
+    """Make glibc map every allocation of `threshold` bytes or more from the OS and unmap it when freed.
+    By default glibc raises that threshold as large buffers are freed, after which they come from its
+    heap and stay with the process: measuring logits chunk by chunk for 56 candidates grew the resident
+    set by 0.9 GB that way (a Qwen3-0.6B head). The price is a page fault per page of each big buffer."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold)
+        except (OSError, AttributeError):  # not glibc
             pass
 
 

@@ -7,10 +7,11 @@
 
 The skeleton is the family's pruned class built without weights (every parameter on the meta device;
 the rotary embedding's buffers are computed, as they are never stored). `resident(module)` fills one
-module's parameters from the checkpoint, one shard open at a time, converted to the dtype exactly as
-`from_pretrained` converts them, and puts them back on the meta device on leaving, so at most the
-modules inside `resident` blocks hold memory. Tensor names go through the family's `checkpoint_state`,
-so transformers 5.x's fused expert parameters are filled from the per-expert tensors on disk.
+module's parameters from the checkpoint's safetensors (read straight into the parameters, converted to
+the dtype exactly as `from_pretrained` converts them) and puts them back on the meta device on
+leaving, so at most the modules inside `resident` blocks hold memory. Tensor names go through the
+family's `checkpoint_state`, so transformers 5.x's fused expert parameters are filled from the
+per-expert tensors on disk.
 
 The layer-by-layer measurement engine (`measure/layerwise.py`) runs on it; `qprune.load` is for
 everything else.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qprune.arch import family_of
+from qprune.errors import QpruneError
 from qprune.io.source import Checkpoint, open_checkpoint
 
 if TYPE_CHECKING:
@@ -57,7 +59,12 @@ class StreamedModel:
         self.config = model.config
         self._names = {module: name for name, module in model.named_modules()}
         self._tied = self.family.config_field(checkpoint.config, "tie_word_embeddings")
-        self._open: tuple[Path, object] | None = None  # the one shard held open
+        head = model.lm_head.weight
+        untied_copy = self._tied and head is not model.model.embed_tokens.weight  # the skeleton may not tie
+        # What the model's parameters take once loaded (tied embeddings counted once).
+        self.parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - (
+            head.numel() * head.element_size() if untied_copy else 0
+        )
 
     @classmethod
     def open(
@@ -65,10 +72,6 @@ class StreamedModel:
     ) -> StreamedModel:
         """Check `source` (a directory or hub id) as `qprune.load` does, and build its skeleton."""
         return cls(open_checkpoint(source), dtype, max_memory, device)
-
-    def parameter_bytes(self, *modules: nn.Module) -> int:
-        """Bytes the modules' parameters take when resident."""
-        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
     @contextmanager
     def resident(self, *modules: nn.Module) -> Iterator[None]:
@@ -80,7 +83,6 @@ class StreamedModel:
         finally:
             for module in modules:
                 self._empty(module)
-            self._close()
 
     def _fill(self, module: nn.Module) -> None:
         import torch
@@ -91,7 +93,7 @@ class StreamedModel:
             value = torch.empty(meta.shape, dtype=meta.dtype, device=self.device)
             # The checkpoint's names and the views of `value` they fill (one to one, or per expert).
             for stored, view in self.family.checkpoint_state({full_name: value}).items():
-                view.copy_(self._read(stored))
+                self._read_into(stored, view)
             _set_parameter(module, name, value)
 
     def _empty(self, module: nn.Module) -> None:
@@ -100,19 +102,35 @@ class StreamedModel:
         for name, value in list(module.named_parameters()):
             _set_parameter(module, name, torch.empty_like(value, device="meta"))
 
-    def _read(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
+    def _read_into(self, name: str, out: torch.Tensor) -> None:
+        """Read a stored tensor's bytes straight into `out` when the dtypes agree (else through one
+        temporary, converted as `from_pretrained` converts). Plain reads, not a memory map: mapped
+        pages would count toward the process's resident memory for as long as the file stays mapped."""
+        import torch
 
         if name not in self.checkpoint.tensors and name == "lm_head.weight" and self._tied:
             name = "model.embed_tokens.weight"
-        file = self.checkpoint.tensors[name].file
-        if self._open is None or self._open[0] != file:
-            self._close()
-            self._open = (file, safe_open(str(file), framework="pt"))
-        return self._open[1].get_tensor(name)
+        entry = self.checkpoint.tensors[name]
+        stored = getattr(torch, _TORCH_DTYPES[entry.dtype])
+        direct = out.is_contiguous() and out.dtype == stored and out.device.type == "cpu"
+        target = out if direct else torch.empty(entry.shape, dtype=stored)
+        buffer = memoryview(target.view(-1).view(torch.uint8).numpy())
+        with open(entry.file, "rb", buffering=0) as file:
+            file.seek(entry.start)
+            done = 0
+            while done < entry.nbytes:
+                count = file.readinto(buffer[done:])
+                if not count:
+                    raise QpruneError(f"{entry.file} ends inside tensor {name} (damaged checkpoint)")
+                done += count
+        if not direct:
+            out.copy_(target.view(out.shape))
 
-    def _close(self) -> None:
-        self._open = None  # safe_open handles close when dropped
+
+_TORCH_DTYPES = {  # safetensors' dtype names
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
 
 
 def _set_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
