@@ -142,9 +142,8 @@ def main() -> None:
           f"--max-memory {options.max_memory}")  # fmt: skip
     for row in rows:
         shown = " / ".join(f"{row[k] / 1e9:.2f} GB" for k in ("scan_peak_bytes", "auto_peak_bytes") if k in row)
-        print(
-            f"  {row['engine']:<15} scan {row['scan_s']:>8.1f} s   auto {row.get('auto_s', 0):>8.1f} s   peak {shown}"
-        )
+        auto = f"   auto {row['auto_s']:>8.1f} s" if "auto_s" in row else ""
+        print(f"  {row['engine']:<15} scan {row['scan_s']:>8.1f} s{auto}   peak {shown}")
     if len(rows) == 2:
         same_scores = scans["layer by layer"]["blocks"] == scans["in memory"]["blocks"]
         print(f"  scores equal: {same_scores}; plans equal: {plans.get('layer by layer') == plans.get('in memory')}")

@@ -15,6 +15,8 @@ being advanced. When the candidates' streams do not all fit, they go in groups, 
 Every layer runs on exactly the inputs, flags and keyword arguments it gets in the in-memory engine,
 micro-batch by micro-batch, and stats accumulate in the same order, so the results are equal, not
 close (the tests compare them). The memory plan (`memory_plan.py`) decides what is resident.
+`final_states(streamed, batches)` runs one model over batches of token ids the same way: eval's
+perplexity layer by layer.
 """
 
 from __future__ import annotations

@@ -135,10 +135,12 @@ class MemoryPlan:
         kept = needed if entry_budget is None else min(needed, entry_budget)
         where = "all in memory" if kept >= needed else f"{human_bytes(kept)} in memory, the rest on disk"
         limit = "no limit" if self.limit is None else human_bytes(self.limit)
+        streams = self.streams(candidates)
+        some = f"{streams} candidate{'s' * (streams > 1)} per pass"
+        passes = "all candidates in one pass" if streams == candidates else some
         return (
             f"memory plan: {limit} = {self.unit_name} {human_bytes(self.unit)} + work "
-            f"{human_bytes(self.work)} + states; states {human_bytes(needed)} ({where}), "
-            f"{self.streams(candidates)} of {candidates} candidates per pass over the layers"
+            f"{human_bytes(self.work)} + states; states {human_bytes(needed)} ({where}), {passes} over the layers"
         )
 
 
