@@ -103,28 +103,48 @@ class StreamedModel:
             _set_parameter(module, name, torch.empty_like(value, device="meta"))
 
     def _read_into(self, name: str, out: torch.Tensor) -> None:
-        """Read a stored tensor's bytes straight into `out` when the dtypes agree (else through one
-        temporary, converted as `from_pretrained` converts). Plain reads, not a memory map: mapped
-        pages would count toward the process's resident memory for as long as the file stays mapped."""
+        """Read a stored tensor's bytes straight into `out` when the dtypes agree, else through a
+        temporary of at most `_CONVERT_BYTES`, converted as `from_pretrained` converts. Plain reads,
+        not a memory map: mapped pages would count toward the process's resident memory for as long
+        as the file stays mapped."""
         import torch
 
         if name not in self.checkpoint.tensors and name == "lm_head.weight" and self._tied:
             name = "model.embed_tokens.weight"
         entry = self.checkpoint.tensors[name]
         stored = getattr(torch, _TORCH_DTYPES[entry.dtype])
-        direct = out.is_contiguous() and out.dtype == stored and out.device.type == "cpu"
-        target = out if direct else torch.empty(entry.shape, dtype=stored)
-        buffer = memoryview(target.view(-1).view(torch.uint8).numpy())
         with open(entry.file, "rb", buffering=0) as file:
             file.seek(entry.start)
-            done = 0
-            while done < entry.nbytes:
-                count = file.readinto(buffer[done:])
-                if not count:
-                    raise QpruneError(f"{entry.file} ends inside tensor {name} (damaged checkpoint)")
-                done += count
-        if not direct:
-            out.copy_(target.view(out.shape))
+            if out.is_contiguous() and out.dtype == stored and out.device.type == "cpu":
+                _read_exactly(file, out.view(-1), name)
+                return
+            flat = out.view(-1) if out.is_contiguous() else None
+            if flat is None:  # a strided view (one expert of a fused parameter): one temporary
+                out.copy_(_read_exactly(file, torch.empty(entry.shape, dtype=stored).view(-1), name).view(out.shape))
+                return
+            step = max(1, _CONVERT_BYTES // stored.itemsize)
+            for start in range(0, flat.numel(), step):
+                piece = torch.empty(min(step, flat.numel() - start), dtype=stored)
+                flat[start : start + piece.numel()].copy_(_read_exactly(file, piece, name))
+
+
+_CONVERT_BYTES = (
+    64 * 2**20
+)  # a dtype conversion reads this much at a time: a float32 head never needs its bf16 copy whole
+
+
+def _read_exactly(file, target: torch.Tensor, name: str) -> torch.Tensor:
+    """Fill the 1-D tensor `target` from the file's current position; returns it."""
+    import torch
+
+    buffer = memoryview(target.view(torch.uint8).numpy())
+    done = 0
+    while done < len(buffer):
+        count = file.readinto(buffer[done:])
+        if not count:
+            raise QpruneError(f"{file.name} ends inside tensor {name} (damaged checkpoint)")
+        done += count
+    return target
 
 
 _TORCH_DTYPES = {  # safetensors' dtype names
