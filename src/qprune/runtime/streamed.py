@@ -128,9 +128,8 @@ class StreamedModel:
                 flat[start : start + piece.numel()].copy_(_read_exactly(file, piece, name))
 
 
-_CONVERT_BYTES = (
-    64 * 2**20
-)  # a dtype conversion reads this much at a time: a float32 head never needs its bf16 copy whole
+# A dtype conversion reads this much at a time: a float32 head never needs its bf16 copy whole.
+_CONVERT_BYTES = 64 * 2**20
 
 
 def _read_exactly(file, target: torch.Tensor, name: str) -> torch.Tensor:
