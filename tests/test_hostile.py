@@ -2,9 +2,10 @@
 the source is unchanged (hashed), and nothing is left behind.
 
 Classes: the source is never touched (data loss with --force); damaged sources (safetensors headers,
-shard index, config.json, stored plan, incomplete tensors); output faults (read-only filesystem, full
-disk, mount points, symlinks; the filesystem ones need root to mount a small tmpfs); signals and
-kills during a write; concurrent runs; files that do not belong in a model; oversized ranges.
+shard index, config.json, stored plan, incomplete tensors, integer weights, tensors of pruned blocks);
+output faults (read-only filesystem, full disk, mount points, symlinks; the filesystem ones need root
+to mount a small tmpfs); signals and kills during a write; concurrent runs; files that do not belong
+in a model; oversized ranges. More on checkpoints read and written: tests/test_hostile_checkpoints.py.
 """
 
 from __future__ import annotations
@@ -262,6 +263,21 @@ DAMAGED = {
     "plan a string": (_config(pruned_attn_layers="1"), "pruned_attn_layers must be a sorted list"),
     "plan repeats a layer": (_config(pruned_mlp_layers=[1, 1]), "distinct layer numbers in 0..3"),
     "plan holds booleans": (_config(pruned_mlp_layers=[True]), "pruned_mlp_layers must be a sorted list"),
+    "plan null": (_config(pruned_attn_layers=None), "pruned_attn_layers must be a sorted list"),
+    "plan an object": (_config(pruned_mlp_layers={"2": True}), "pruned_mlp_layers must be a sorted list"),
+    "plan of floats": (_config(pruned_attn_layers=[1.0]), "pruned_attn_layers must be a sorted list"),
+    "plan negative": (_config(pruned_mlp_layers=[-1]), "pruned_mlp_layers must be a sorted list"),
+    "layer types of the wrong length": (
+        _config(layer_types=["full_attention"] * 3),
+        "layer_types must be a list of 4 strings",
+    ),
+    "norm epsilon a string": (_config(rms_norm_eps="1e-6"), "rms_norm_eps must be a positive number"),
+    # the weights
+    "weights stored as int32": (_set_first("dtype", lambda i: "I32"), "is stored as I32, not a floating-point dtype"),
+    "tensors of blocks the plan prunes": (
+        _config(pruned_attn_layers=[1]),
+        "(and 6 more) of blocks its plan prunes (attention of layer 1)",
+    ),
 }
 
 

@@ -80,7 +80,7 @@ def test_nonfinite_logits_are_reported_with_advice(overflowing):
     with pytest.raises(NonFiniteLogitsError, match="overflows in float16; load it in bfloat16"):
         complete(hot, tokenizer, "The list type", max_new_tokens=3)
     tokens = torch.tensor(tokenizer("The list type holds items. " * 40)["input_ids"])
-    with pytest.raises(NonFiniteLogitsError, match="--check-overflow"):
+    with pytest.raises(NonFiniteLogitsError, match="check_overflow names the first layer"):  # Python names it so
         perplexity(hot, tokens, seq_len=64, stride=32)
     assert complete(qprune.load(overflowing), tokenizer, "The list type", max_new_tokens=3)  # bf16: fine
 

@@ -23,6 +23,8 @@ from qprune.errors import QpruneError
 # No Qwen3 comes near this; a range is checked against it before it is expanded (`0-100000000000`
 # would otherwise take gigabytes), and against the model's own depth by `Plan.validate`.
 MAX_LAYERS = 10_000
+# The plan as a checkpoint's config.json stores it.
+PLAN_FIELDS = ("pruned_attn_layers", "pruned_mlp_layers")
 
 
 def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
@@ -77,9 +79,30 @@ class Plan:
         return cls(tuple(lists["attn"]), tuple(lists["mlp"]))
 
     @classmethod
-    def from_config(cls, config: dict) -> Plan:
-        """The plan a checkpoint's config.json already carries (empty for a dense Qwen3)."""
-        return cls(tuple(config.get("pruned_attn_layers", ())), tuple(config.get("pruned_mlp_layers", ())))
+    def from_config(cls, config: dict, where: str | Path = "config.json") -> Plan:
+        """The plan a checkpoint's config.json already carries (empty for a dense Qwen3 that has no plan
+        fields). A plan field that is not a sorted list of distinct layer numbers below
+        `num_hidden_layers` (null, a string, floats, booleans, negative, out of range, unsorted) is a
+        `QpruneError` naming the field: qprune writes plans canonical, so anything else is damage."""
+        depth = config.get("num_hidden_layers")
+        depth = depth if isinstance(depth, int) and not isinstance(depth, bool) and depth > 0 else None
+        plan = {}
+        for name in PLAN_FIELDS:
+            layers = config.get(name, [])
+            valid = (
+                isinstance(layers, list)
+                and all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < (depth or MAX_LAYERS) for i in layers
+                )
+                and layers == sorted(set(layers))
+            )
+            if not valid:
+                span = f"0..{depth - 1}" if depth else "0 and up"
+                raise QpruneError(
+                    f"{where}: {name} must be a sorted list of distinct layer numbers in {span}, not {layers!r}"
+                )
+            plan[name] = tuple(layers)
+        return cls(plan["pruned_attn_layers"], plan["pruned_mlp_layers"])
 
     def union(self, other: Plan) -> Plan:
         return Plan(self.attn + other.attn, self.mlp + other.mlp)

@@ -1,6 +1,7 @@
 """Finding a model to work on: a local directory or a Hugging Face Hub id, and its config.
 
     model_dir = resolve_model_dir("Qwen/Qwen3-0.6B")   # downloads safetensors, config, tokenizer
+    model_dir = resolve_model_dir("qprune:qwen3-pydocs")  # a model shipped with qprune, by its short name
     config = read_model_config(model_dir)              # raises unless a supported family's valid config
     checkpoint = open_checkpoint("Qwen/Qwen3-0.6B")    # both, plus every header and tensor checked
 
@@ -11,6 +12,7 @@ check raises a `QpruneError` naming the file and what is wrong with it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,30 @@ from qprune.plan import Plan
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pruned checkpoint needs from the hub: never pickled weights, never other formats.
 _HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+# Models shipped inside the package, by short name: `qprune:NAME` works wherever a model path does, with
+# no network, and checkpoints made from one record the short name rather than the install path.
+SHIPPED_PREFIX = "qprune:"
+SHIPPED_MODELS = {"qwen3-pydocs": Path(__file__).resolve().parent.parent / "assets" / "qwen3-pydocs"}
+
+
+def shipped_model_dir(source: str) -> Path | None:
+    """The directory of a shipped model named `qprune:NAME`; None for any other source. An unknown
+    NAME is an error listing the shipped ones."""
+    if not source.startswith(SHIPPED_PREFIX):
+        return None
+    name = source.removeprefix(SHIPPED_PREFIX)
+    if name not in SHIPPED_MODELS:
+        shipped = ", ".join(SHIPPED_PREFIX + known for known in SHIPPED_MODELS)
+        raise QpruneError(f"{source} is not a model qprune ships; it ships: {shipped}")
+    return SHIPPED_MODELS[name]
 
 
 def resolve_model_dir(source: str) -> Path:
-    """A local model directory for `source`, downloading it from the hub if it is a hub id."""
+    """A local model directory for `source`: a directory, a shipped model (`qprune:qwen3-pydocs`), or a
+    hub id, downloaded."""
+    shipped = shipped_model_dir(str(source))
+    if shipped is not None:
+        return shipped
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -48,8 +70,14 @@ def resolve_model_dir(source: str) -> Path:
 
 def portable_name(source: str) -> str:
     """How a model card or config names where a model came from, without a user's directory layout:
-    the hub id when `source` is one (or a hub-cache copy of one), else the directory's name."""
+    the hub id when `source` is one (or a hub-cache copy of one), the short name of a shipped model
+    (`qprune:qwen3-pydocs`, also when given by its directory), else the directory's name."""
+    if shipped_model_dir(source) is not None:
+        return source
     path = Path(source).expanduser()
+    for name, directory in SHIPPED_MODELS.items():
+        if path.exists() and path.resolve() == directory:
+            return SHIPPED_PREFIX + name
     if not path.exists() and _HUB_ID.match(source):
         return source
     for part in reversed(path.absolute().parts):
@@ -81,7 +109,9 @@ _POSITIVE_INTS = ("num_hidden_layers", "hidden_size", "intermediate_size", "voca
 _OPTIONAL_POSITIVE_INTS = ("num_key_value_heads", "head_dim")
 _BOOLS = ("tie_word_embeddings", "use_sliding_window", "attention_bias")
 _STRINGS = ("qprune_base_model", "dtype", "torch_dtype")
-PLAN_FIELDS = ("pruned_attn_layers", "pruned_mlp_layers")
+# Read by the model classes: null means the default, anything else must be a positive finite number.
+_OPTIONAL_POSITIVE_NUMBERS = ("rms_norm_eps", "rope_theta")
+_OPTIONAL_POSITIVE_INTS_TOO = ("max_position_embeddings",)
 
 
 def check_config(config: dict, path: Path) -> None:
@@ -89,7 +119,7 @@ def check_config(config: dict, path: Path) -> None:
     if not _is_int(config.get("num_hidden_layers")) or config["num_hidden_layers"] < 1:
         raise QpruneError(f"{path} has no valid num_hidden_layers (a positive integer)")
     family_ints = family_of(config, str(path)).positive_int_fields
-    for name in _POSITIVE_INTS + family_ints + _OPTIONAL_POSITIVE_INTS:
+    for name in _POSITIVE_INTS + family_ints + _OPTIONAL_POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS_TOO:
         given = (
             name in config if name in _POSITIVE_INTS + family_ints else config.get(name) is not None
         )  # the others may be null
@@ -99,21 +129,38 @@ def check_config(config: dict, path: Path) -> None:
         for name in names:
             if config.get(name) is not None and not isinstance(config[name], test):
                 raise QpruneError(f"{path}: {name} must be {kind}, not {config[name]!r}")
+    for name in _OPTIONAL_POSITIVE_NUMBERS:
+        value = config.get(name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and math.isfinite(value) and value > 0):
+            raise QpruneError(f"{path}: {name} must be a positive number, not {value!r}")
     for name in ("num_experts", "num_local_experts"):
         if config.get(name) is not None and not (_is_int(config[name]) and config[name] >= 0):
             raise QpruneError(f"{path}: {name} must be a non-negative integer, not {config[name]!r}")
+    experts, per_token = config.get("num_experts", config.get("num_local_experts")), config.get("num_experts_per_tok")
+    if _is_int(experts) and experts > 0 and _is_int(per_token) and per_token > experts:
+        raise QpruneError(f"{path}: num_experts_per_tok is {per_token}, more than the {experts} experts")
     num_layers = config["num_hidden_layers"]
-    for name in (*PLAN_FIELDS, "mlp_only_layers"):
-        layers = config.get(name) or []
-        valid = (
-            isinstance(layers, list)
-            and all(_is_int(i) and 0 <= i < num_layers for i in layers)
-            and (layers == sorted(set(layers)) or name == "mlp_only_layers")  # a plan is kept canonical
+    Plan.from_config(config, path)  # the plan's fields: sorted lists of distinct layers in range
+    layers = config.get("mlp_only_layers")  # stock semantics: null is none, any order
+    if layers is not None and not (
+        isinstance(layers, list) and all(_is_int(i) and 0 <= i < num_layers for i in layers)
+    ):
+        raise QpruneError(
+            f"{path}: mlp_only_layers must be a list of layer numbers in 0..{num_layers - 1}, not {layers!r}"
         )
-        if not valid:
-            raise QpruneError(
-                f"{path}: {name} must be a sorted list of distinct layer numbers in 0..{num_layers - 1}, not {layers!r}"
-            )
+    layer_types = config.get("layer_types")  # its length is checked with the tensors (check_complete)
+    if layer_types is not None and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
+        raise QpruneError(f"{path}: layer_types must be a list of strings (one per layer), not {layer_types!r}")
+    if config.get("max_window_layers") is not None and not (
+        _is_int(config["max_window_layers"]) and config["max_window_layers"] >= 0
+    ):
+        raise QpruneError(
+            f"{path}: max_window_layers must be a non-negative integer, not {config['max_window_layers']!r}"
+        )
+    for name in ("quantization_config", "rope_scaling"):
+        if config.get(name) is not None and not isinstance(config[name], dict):
+            raise QpruneError(f"{path}: {name} must be an object, not {config[name]!r}")
 
 
 def read_model_config(model_dir: Path) -> dict:
@@ -153,9 +200,43 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     return Checkpoint(model_dir, config, tensors)
 
 
+# What a model's weights may be stored as (without a quantization_config): an integer dtype would be
+# loaded by casting its raw integers, which is never what the weights meant.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
+
+
+def _blocks(names: list[str]) -> str:
+    """The blocks of these tensors as people say them: "attention of layer 1; MLP of layers 2, 3"."""
+    layers: dict[str, set[int]] = {"attn": set(), "mlp": set()}
+    for name in names:
+        layer, kind = tensor_block(name)
+        layers[kind].add(layer)
+    parts = []
+    for kind, title in (("attn", "attention"), ("mlp", "MLP")):
+        if layers[kind]:
+            numbers = sorted(layers[kind])
+            parts.append(f"{title} of layer{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}")
+    return "; ".join(parts)
+
+
+def check_pruned_absent(tensors: dict[str, TensorEntry] | list[str], plan: Plan, where: str | Path) -> None:
+    """Refuse a checkpoint holding tensors of blocks its own plan prunes (copied back, or a plan edited
+    by hand): which weights would count is ambiguous, since loading skips them while a stock export
+    would write them where its summary says zeros. The one rule for every command that reads one."""
+    pruned = [name for name in tensors if plan.prunes(name)]
+    if not pruned:
+        return
+    more = f" (and {len(pruned) - 1} more)" if len(pruned) > 1 else ""
+    raise QpruneError(
+        f"{where} holds {pruned[0]}{more} of blocks its plan prunes ({_blocks(pruned)}): a pruned checkpoint "
+        "must not hold them. Delete those tensors, or, to use them, remove those layers from "
+        "pruned_attn_layers / pruned_mlp_layers in its config.json"
+    )
+
+
 def check_complete(config: dict, tensors: dict[str, TensorEntry], plan: Plan, where: str | Path) -> None:
-    """Refuse a checkpoint that lacks a tensor the plan keeps, holds one of the wrong shape, or holds
-    layers beyond `num_hidden_layers`."""
+    """Refuse a checkpoint that lacks a tensor the plan keeps, holds one of the wrong shape or of an
+    integer dtype, holds layers beyond `num_hidden_layers`, or holds tensors of blocks the plan prunes."""
     num_layers = config["num_hidden_layers"]
     for name in tensors:
         block = tensor_block(name)
@@ -163,8 +244,19 @@ def check_complete(config: dict, tensors: dict[str, TensorEntry], plan: Plan, wh
             raise QpruneError(
                 f"{where} holds {name}, of layer {block[0]}, but its config.json says it has {num_layers} layers"
             )
-    if config.get("quantization_config") is not None:
-        return  # pre-quantized weights are packed under other names and shapes
+    check_pruned_absent(tensors, plan, where)
+    if config.get("quantization_config") is None:  # pre-quantized weights are packed under other names and shapes
+        _check_tensors(config, tensors, plan, where)
+    # After the tensors, which say better what is wrong when num_hidden_layers is.
+    layer_types = config.get("layer_types")
+    if layer_types is not None and len(layer_types) != num_layers:
+        raise QpruneError(
+            f"{where}: config.json's layer_types must be a list of {num_layers} strings (one per layer), "
+            f"not {len(layer_types)}"
+        )
+
+
+def _check_tensors(config: dict, tensors: dict[str, TensorEntry], plan: Plan, where: str | Path) -> None:
     family = family_of(config)
     tied = family.config_field(config, "tie_word_embeddings")
     for name, shape in family.expected_tensors(config).items():
@@ -176,4 +268,10 @@ def check_complete(config: dict, tensors: dict[str, TensorEntry], plan: Plan, wh
         if tensors[name].shape != shape:
             raise QpruneError(
                 f"{where}: {name} has shape {list(tensors[name].shape)}, but config.json implies {list(shape)}"
+            )
+        if tensors[name].dtype not in FLOAT_DTYPES:
+            raise QpruneError(
+                f"{where}: {name} is stored as {tensors[name].dtype}, not a floating-point dtype; its weights "
+                "would load as meaningless numbers (a damaged or wrongly converted checkpoint; pre-quantized "
+                "weights need a quantization_config in config.json)"
             )

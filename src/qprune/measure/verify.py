@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qprune.arch import family_of, tensor_block
+from qprune.errors import QpruneError
 from qprune.io.safetensors import read_checkpoint
-from qprune.io.source import read_model_config, resolve_model_dir
+from qprune.io.source import check_pruned_absent, open_checkpoint, read_model_config, resolve_model_dir
 from qprune.plan import Plan
 from qprune.runtime.load import load, load_config
 from qprune.runtime.precision import overflow_message
@@ -67,6 +68,7 @@ def check_keys(model_dir: Path, base_dir: Path | None) -> Check:
     tensors = read_checkpoint(model_dir)
     config = read_model_config(model_dir)
     plan = Plan.from_config(config)
+    check_pruned_absent(tensors, plan, model_dir)  # an error, not a failed check: as everywhere else
     if base_dir is not None:
         base = read_checkpoint(base_dir)
         expected = {name for name in base if not plan.prunes(name)}
@@ -261,17 +263,23 @@ def verify(
     seq_len: int = 32,
     new_tokens: int = 12,
     seed: int = 0,
+    progress=None,
 ) -> list[Check]:
     """The checks above. With `quantize`, the model and the oracle are quantized the same way and
-    their logits must agree within `QUANTIZED_LOGITS_TOLERANCE`."""
+    their logits must agree within `QUANTIZED_LOGITS_TOLERANCE`. `progress` (a `Progress`) gets a line
+    as each check starts: some load a second model and take a while."""
     import torch
+
+    note = progress.note if progress else lambda message: None
 
     model_dir = resolve_model_dir(path)
     base_dir = resolve_model_dir(base) if base else None
     checks = [check_keys(model_dir, base_dir)]
     if not checks[0].passed:
         return checks  # loading would fail on the missing tensor; the key check already says which
+    open_checkpoint(model_dir)  # what load refuses (dtypes, shapes), refused before any line of progress
 
+    note(f"loading {path} (float32{', ' + quantize if quantize else ''})")
     model = load(model_dir, dtype=torch.float32, quantize=quantize)
     checks.append(check_params(model, model_dir))
 
@@ -281,10 +289,12 @@ def verify(
     with torch.no_grad():
         logits = model(input_ids).logits
         if not bool(torch.isfinite(logits).all()):
-            checks.append(Check("logits", overflow_message(model), False))
+            detail = str(QpruneError(overflow_message(model, suggest_check=False)))  # verify has no check_overflow
+            checks.append(Check("logits", detail, False))
             return checks
         healed = (model_dir / HEAL_REPORT).exists()  # trained after pruning: no longer the base's weights
         if base_dir is not None and not healed:
+            note(f"logits against the oracle: loading {base}")
             oracle = _oracle(base_dir, Plan.from_config(model.config.to_dict()), quantize)
             delta = (logits - _logits(oracle, input_ids)).abs().max().item()
             tolerance = quantized_tolerance(logits.device.type) if quantize else LOGITS_TOLERANCE
@@ -294,10 +304,12 @@ def verify(
         elif base_dir is not None:
             checks.append(Check("logits", "healed: its weights differ from the base by design (see self)", True))
         if quantize is None:
+            note("logits against the self-oracle (a stock model with its own tensors)")
             delta = (logits - _logits(self_oracle(model_dir), input_ids)).abs().max().item()
             detail = f"max |Δlogits| vs self-oracle (stock model with its own tensors, pruned blocks zero): {delta:.2e}"
             checks.append(Check("self", f"{detail} (<= {LOGITS_TOLERANCE:g})", delta <= LOGITS_TOLERANCE))
         elif base_dir is None:
             checks.append(Check("logits", "finite (pass --base to compare with the oracle)", True))
+        note(f"cached vs uncached decoding: {new_tokens} greedy steps each")
         checks.append(check_cache(model, input_ids, new_tokens))
     return checks

@@ -17,7 +17,11 @@ generation would silently diverge from uncached generation.
 
 Loading: a tensor that the plan keeps but the checkpoint lacks is an error naming it, on
 `from_pretrained` and on `load_state_dict` alike (transformers itself would fill it with random values
-and only log a line). Tensors of pruned blocks found in a checkpoint are skipped, with one message.
+and only log a line), named as the checkpoint names it in every transformers version (5.x fuses
+per-expert tensors into 3-D parameters, and fails its conversion when one is missing). A checkpoint
+holding tensors of blocks its plan prunes is refused by `from_pretrained`, as qprune refuses it (which
+weights count would be ambiguous); `load_state_dict` of an in-memory state dict skips them, with one
+message.
 
 This file is copied into every pruned checkpoint and must import nothing but torch and transformers.
 """
@@ -77,6 +81,10 @@ class PlanConfigMixin:
 
 class MissingTensorsError(ValueError):
     """The checkpoint lacks tensors that the pruning plan keeps."""
+
+
+class PrunedTensorsPresentError(ValueError):
+    """The checkpoint holds tensors of blocks that its pruning plan prunes."""
 
 
 class PrunedLinear(nn.Module):
@@ -199,16 +207,66 @@ class SafeLoadingMixin:
             )
         return pruned
 
+    def _checkpoint_names(self) -> list[str]:
+        """The tensors a checkpoint of this model holds, by their names on disk: transformers 5.x's fused
+        expert parameters (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`) stand for one tensor per
+        expert there. Tied lm_head excluded; pruned blocks hold no parameters, so none of theirs."""
+        tied = self.lm_head.weight is self.model.embed_tokens.weight
+        names = []
+        for name, tensor in self.state_dict().items():
+            prefix, _, last = name.rpartition(".")
+            if prefix.endswith("mlp.experts") and last in ("gate_up_proj", "down_proj") and tensor.dim() == 3:
+                projections = ("gate_proj", "up_proj") if last == "gate_up_proj" else ("down_proj",)
+                names += [f"{prefix}.{e}.{p}.weight" for e in range(tensor.shape[0]) for p in projections]
+            elif not (tied and name == "lm_head.weight"):
+                names.append(name)
+        return names
+
+    @classmethod
+    def _diagnose(cls, path, config) -> ValueError | None:
+        """What is wrong with the checkpoint at `path` for this config, found from its tensor names
+        alone (a model built on the meta device says what it needs): tensors of pruned blocks present,
+        or kept tensors missing. None when neither (or when it cannot tell)."""
+        try:
+            names = _checkpoint_tensor_names(path)
+            if not names:  # no safetensors found: nothing to compare with
+                return None
+            if config is None or isinstance(config, str):
+                config = cls.config_class.from_pretrained(path if config is None else config)
+            pruned = [name for name in names if config.is_pruned_tensor(name)]
+            if pruned:
+                return PrunedTensorsPresentError(_pruned_present_message(pruned))
+            if getattr(config, "quantization_config", None) is not None:
+                return None  # pre-quantized tensors have other names
+            with torch.device("meta"):
+                needed = cls(config)._checkpoint_names()
+        except Exception:  # the diagnosis is a courtesy; the original error stands without it
+            return None
+        present = set(names)
+        missing = [name for name in needed if name not in present]
+        return MissingTensorsError(_missing_message(missing)) if missing else None
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        path = args[0] if args else kwargs["pretrained_model_name_or_path"]
+        try:
+            model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        except Exception as error:
+            # transformers 5.x fails converting per-expert tensors when one is missing, without naming it.
+            problem = cls._diagnose(path, kwargs.get("config"))
+            if problem is not None:
+                raise problem from error
+            raise
+        names = _checkpoint_tensor_names(path)
+        pruned = [name for name in names if model.config.is_pruned_tensor(name)]
+        if pruned:
+            raise PrunedTensorsPresentError(_pruned_present_message(pruned))
         missing = model._kept_missing(info["missing_keys"])
         if missing:
-            raise MissingTensorsError(_missing_message(missing))
-        model._report_pruned_present(
-            _checkpoint_tensor_names(args[0] if args else kwargs["pretrained_model_name_or_path"])
-        )
+            present = set(names)
+            named = [name for name in model._checkpoint_names() if name not in present] if names else []
+            raise MissingTensorsError(_missing_message(named or missing))
         return (model, info) if want_info else model
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -245,6 +303,24 @@ def _checkpoint_tensor_names(path) -> list[str]:
             (header_size,) = struct.unpack("<Q", f.read(8))
             return [name for name in json.loads(f.read(header_size)) if name != "__metadata__"]
     return []
+
+
+def _pruned_present_message(pruned: list[str]) -> str:
+    layers: dict[str, set[int]] = {"attn": set(), "mlp": set()}
+    for name in pruned:
+        layer, kind = tensor_block(name)
+        layers[kind].add(layer)
+    blocks = "; ".join(
+        f"{title} of layer{'s' if len(layers[kind]) > 1 else ''} {', '.join(map(str, sorted(layers[kind])))}"
+        for kind, title in (("attn", "attention"), ("mlp", "MLP"))
+        if layers[kind]
+    )
+    more = f" (and {len(pruned) - 1} more)" if len(pruned) > 1 else ""
+    return (
+        f"the checkpoint holds {pruned[0]}{more} of blocks its plan prunes ({blocks}): a pruned checkpoint "
+        "must not hold them. Delete those tensors, or, to use them, remove those layers from "
+        "pruned_attn_layers / pruned_mlp_layers in its config.json"
+    )
 
 
 def _missing_message(missing: list[str]) -> str:

@@ -37,7 +37,9 @@ from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, inherited_files
 from qprune.plan import Plan
 from qprune.words import format_layers, human_bytes
 
-_QPRUNE_FIELDS = ("auto_map", "pruned_attn_layers", "pruned_mlp_layers", "qprune_base_model", "_name_or_path")
+_QPRUNE_FIELDS = (
+    "auto_map", "pruned_attn_layers", "pruned_mlp_layers", "qprune_base_model", "qprune_base_path", "_name_or_path",
+)  # fmt: skip
 _LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
 # What the card's ideal figures assume (bench's defaults): one sequence, a 512-token prompt, 64 new
 # tokens, 2-byte weights and cache.
@@ -114,7 +116,7 @@ def export(
     that computes the same function."""
     out = Path(out).absolute()
     if max_shard_size <= 0:
-        raise QpruneError(f"max_shard_size must be positive, not {max_shard_size}")
+        raise QpruneError(f"{{max_shard_size}} must be positive, not {max_shard_size}")
     check_output(out, force, sources=[source])
     checkpoint = open_checkpoint(source)
     config = checkpoint.config

@@ -6,8 +6,9 @@
     model = qprune.load("qwen3-pruned", quantize="nf4")  # pruned blocks are not quantized (none exist)
 
 No remote code is needed: the classes are registered with transformers' auto classes here. Only
-safetensors are read. A tensor the plan keeps but the checkpoint lacks is an error naming it (the
-model class checks this itself; transformers would fill it with random values).
+safetensors are read, and only after `open_checkpoint` has checked them: a tensor the plan keeps but
+the checkpoint lacks, or one of a block the plan prunes, is an error naming it (the model class checks
+this itself too; transformers would fill a missing one with random values).
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def load_config(path: str | Path):
     family = family_of(raw)
     raw = family.portable_config(raw)  # a config.json another transformers version wrote
     config_class, _ = family.pruned_classes()
-    return config_class.from_dict({k: v for k, v in raw.items() if k not in ("model_type", "auto_map")})
+    try:
+        return config_class.from_dict({k: v for k, v in raw.items() if k not in ("model_type", "auto_map")})
+    except (TypeError, ValueError, KeyError, AttributeError) as error:  # a field check_config does not know
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise QpruneError(f"{Path(path) / 'config.json'}: transformers cannot read it: {reason}") from None
 
 
 def load(

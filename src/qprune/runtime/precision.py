@@ -21,16 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qprune.errors import QpruneError
+from qprune.errors import QpruneError, QpruneWarning
 
 if TYPE_CHECKING:
     import torch
 
 DTYPES = ("bfloat16", "float32", "float16")
-FLOAT16_ADVICE = "load it in bfloat16 (--dtype bfloat16), or float32 where bfloat16 is unsupported"
+# Names the argument in braces (errors.py): Python reads "dtype=bfloat16", the CLI "--dtype=bfloat16".
+FLOAT16_ADVICE = "load it in bfloat16 ({dtype}=bfloat16), or float32 where bfloat16 is unsupported"
 
 
-class Float16Warning(UserWarning):
+class Float16Warning(QpruneWarning):
     """float16 was asked for a model trained in bfloat16."""
 
 
@@ -125,9 +126,10 @@ def choose_dtype(requested: torch.dtype | str | None, checkpoint: str | None, on
             dtype = torch.float32  # a pre-Ampere GPU: float16 would overflow, so float32
     if dtype == torch.float16:
         warnings.warn(
-            f"float16 asked for a Qwen3 model: Qwen3 was trained in bfloat16 and its activations overflow "
-            f"in float16 (NaN or '!!!!' output); {FLOAT16_ADVICE}",
-            Float16Warning,
+            Float16Warning(
+                f"float16 asked for a Qwen3 model: Qwen3 was trained in bfloat16 and its activations overflow "
+                f"in float16 (NaN or '!!!!' output); {FLOAT16_ADVICE}"
+            ),
             stacklevel=3,
         )
     return dtype
@@ -142,20 +144,57 @@ def check_logits(logits: torch.Tensor, model=None) -> None:
     raise NonFiniteLogitsError(overflow_message(model))
 
 
+def nonfinite_weights(model) -> list[str]:
+    """The model's weights that hold NaN or inf, by their names in the checkpoint (one per expert where
+    transformers 5.x fuses experts); quantized and meta-device tensors are not inspected."""
+    import torch
+
+    from qprune.arch import family_of
+
+    try:
+        split = family_of(model.config.to_dict()).checkpoint_state
+    except Exception:  # not a family qprune knows: parameter names as they are
+        split = dict
+    bad = []
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not parameter.is_floating_point() or parameter.device.type == "meta":
+                continue
+            if bool(torch.isfinite(parameter).all()):
+                continue
+            bad += [stored for stored, view in split({name: parameter}).items() if not bool(torch.isfinite(view).all())]
+    return bad
+
+
 def overflow_message(model=None, suggest_check: bool = True) -> str:
+    """Why a model's logits hold inf or NaN, with advice that fits: weights that hold NaN/inf
+    themselves are named (no dtype helps); float16 and bitsandbytes int8 overflow; float32 is suggested
+    only where the model runs in a narrower dtype. Arguments are named in braces (errors.py): the
+    message is meant for a `QpruneError`."""
     import torch
 
     dtype = None if model is None else model.get_input_embeddings().weight.dtype
     message = "the model's logits hold inf or NaN"
+    bad = [] if model is None else nonfinite_weights(model)
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    if bad and dtype == torch.float16:  # finite on disk, perhaps, but beyond float16's 65504
+        return f"{message}: {bad[0]}{more} holds NaN or inf in float16; {FLOAT16_ADVICE}"
+    if bad:
+        return (
+            f"{message}: the checkpoint's weights themselves hold NaN or inf ({bad[0]}{more}), so no dtype "
+            "helps; the checkpoint is damaged: make it again from its source"
+        )
     if dtype == torch.float16:
         message += f": Qwen3 overflows in float16; {FLOAT16_ADVICE}"
     elif getattr(model, "qprune_quantized", None) == "int8":
         message += (
             " (bitsandbytes int8 casts activations to float16, where Qwen3 can overflow; try nf4 or torchao-int8)"
         )
+    elif dtype in (torch.float32, torch.float64):
+        message += f" in {str(dtype).removeprefix('torch.')}, although its weights are finite"
     else:
         message += f" in {str(dtype).removeprefix('torch.') if dtype else 'this dtype'}; try float32"
-    return message + (". --check-overflow names the first layer that overflows." if suggest_check else "")
+    return message + (". {check_overflow} names the first layer that overflows." if suggest_check else "")
 
 
 @dataclass
