@@ -28,10 +28,23 @@ def test_default_block_count():
     assert [default_block_count(n) for n in (1, 4, 6, 28)] == [1, 1, 2, 9]
 
 
-def test_generate(tmp_path):
-    result = runner.invoke(app, ["generate", str(EMBEDDED_MODEL), "--prompt", "The list type", "--max-new-tokens", "5"])
+def test_generate():
+    """The command's continuation is transformers' own greedy `generate` on the same model and prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = ["generate", str(EMBEDDED_MODEL), "--prompt", "The list type", "--max-new-tokens", "8", "--dtype", "float32"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert result.output.strip()
+
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL)
+    model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32).eval()
+    inputs = tokenizer("The list type", return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert expected.strip()  # a continuation to compare, not two empty strings
+    assert result.stdout == expected + "\n"
 
 
 def test_generate_uses_the_chat_template(tmp_path):

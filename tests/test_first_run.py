@@ -112,7 +112,7 @@ def _commands(tmp_path, pruned):
 EXPECTED_PROGRESS = {
     "prune --auto": ["dtype: float32 (", "searching (greedy): 2 blocks", "greedy step 2 of 2"],
     "scan": ["dtype: float32 (", "scanning 12 blocks", "elapsed"],
-    "eval": ["dtype: float32 (", "perplexity: done"],
+    "eval": ["dtype: float32 (", "perplexity of model "],
     "bench": ["dtype: float32 (", "bench rounds: done"],
     "generate": ["dtype: float32 ("],
 }

@@ -298,7 +298,7 @@ def test_scan_and_auto_prune_on_moe(tmp_path):
 @pytest.mark.parametrize("mode", ["int8", "torchao-int8"])
 def test_quantized_moe_skips_pruned_blocks_and_matches_the_quantized_oracle(moe_base, moe_pruned, mode):
     library = {"int8": "bitsandbytes", "torchao-int8": "torchao"}[mode]
-    pytest.importorskip(library, reason=f"{library} is not installed: pip install 'qprune[quant]'")
+    pytest.importorskip(library, reason=f"{library} is not installed: pip install -e '.[quant]'")
     checks = verify(str(moe_pruned), str(moe_base), quantize=mode)
     assert all(c.passed for c in checks), "\n".join(map(str, checks))
     assert "of pruned blocks hold nothing" in checks[1].detail

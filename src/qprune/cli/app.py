@@ -1,6 +1,11 @@
 """The `qprune` command line. Each command parses and validates its options, then calls one library
 function. torch and transformers are imported inside the commands, so `qprune --help` is instant.
-Bad input (a `QpruneError`) is printed as one line, `error: ...`, with exit status 2.
+
+Every command runs inside `_Commands.invoke`, the one place that (1) turns SIGTERM and SIGHUP into an
+exception, as SIGINT already is, so that temporary files are removed on the way out whichever signal
+stopped the run, and (2) prints what is not a bug in one line, `error: ...`: bad input, OS errors,
+damaged files, memory; warnings print as one line, `warning: ...`. Exit statuses are listed in
+`options.py`.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from qprune.cli.options import (
     ATTN,
@@ -34,11 +40,40 @@ from qprune.cli.options import (
     read_plan,
     reporter,
     user_errors,
+    warnings_as_lines,
 )
-from qprune.errors import QpruneError
+from qprune.errors import Interrupted, QpruneError, signals_interrupt
+
+
+class _Commands(TyperGroup):
+    """The `qprune` group: every command runs with signals turned into exceptions and user errors
+    printed as one line (see the module docstring)."""
+
+    def invoke(self, ctx):
+        with signals_interrupt(), user_errors(), warnings_as_lines():
+            return super().invoke(ctx)
+
+
+class _Command(TyperCommand):
+    """A command whose usage line reads `qprune prune [OPTIONS] SRC OUT`, not typer's `{SRC} {OUT}`."""
+
+    def collect_usage_pieces(self, ctx):
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="Prune whole attention and MLP blocks out of Qwen3 models.",
+    epilog="""A typical run, on a local directory or a hub id:
+
+\b
+  qprune scan Qwen/Qwen3-0.6B                         which blocks matter least
+  qprune prune Qwen/Qwen3-0.6B out --auto --blocks 8  remove the 8 that matter least
+  qprune verify out --base Qwen/Qwen3-0.6B            check the result
+  qprune eval out --base Qwen/Qwen3-0.6B              perplexity before and after
+  qprune export out stock                             a stock Qwen3 for other engines
+
+Run `qprune COMMAND --help` for a command's options.""",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -61,36 +96,44 @@ def _setup(
     ),
 ) -> None:
     """Prune whole attention and MLP blocks out of Qwen3 models."""
-    import warnings
-
     from qprune.runtime.quantize import quiet_library_logs
 
     quiet_library_logs()
-    # Warnings (float16 on Qwen3) read as one line, like errors.
-    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Remove blocks: --attn/--mlp, --plan, or chosen on data by --auto.")
 def prune(
-    src: str = typer.Argument(..., help="Qwen3 or qprune checkpoint: a local directory or a hub id."),
-    out: Path = typer.Argument(..., help="Directory to write the pruned checkpoint to."),
+    src: str = typer.Argument(..., metavar="SRC", help="Qwen3 or qprune checkpoint: a local directory or a hub id."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Directory to write the pruned checkpoint to."),
     attn: Optional[str] = ATTN,
     mlp: Optional[str] = MLP,
     plan: Optional[Path] = PLAN,
     auto: bool = typer.Option(False, "--auto", help="Choose the blocks on calibration data (see --blocks)."),
-    blocks: Optional[int] = typer.Option(None, "--blocks", help="--auto: number of blocks to remove."),
+    blocks: Optional[int] = typer.Option(None, "--blocks", metavar="N", help="--auto: number of blocks to remove."),
     param_ratio: Optional[float] = typer.Option(
-        None, "--param-ratio", help="--auto: share of decoder parameters to remove, at most (e.g. 0.25)."
+        None,
+        "--param-ratio",
+        metavar="SHARE",
+        help="--auto: share of decoder parameters to remove, at most (e.g. 0.25).",
     ),
-    method: str = typer.Option("greedy", "--method", help="--auto: greedy (default) or oneshot."),
+    method: str = typer.Option(
+        "greedy", "--method", metavar="greedy|oneshot", help="--auto: greedy, or oneshot (ranks once by a scan)."
+    ),
     metric: Optional[str] = typer.Option(
         None,
         "--metric",
+        metavar="METRIC",
         help="--auto: greedy ranks by nll (default) or kl; oneshot by cosine (default), update, nll, kl.",
     ),
-    only: Optional[str] = typer.Option(None, "--only", help="--auto: remove only attn or only mlp blocks."),
-    keep_first: int = typer.Option(0, "--keep-first", help="--auto: never remove blocks of the first K layers."),
-    keep_last: int = typer.Option(0, "--keep-last", help="--auto: never remove blocks of the last K layers."),
+    only: Optional[str] = typer.Option(
+        None, "--only", metavar="attn|mlp", help="--auto: remove only attention or only MLP blocks."
+    ),
+    keep_first: int = typer.Option(
+        0, "--keep-first", metavar="K", help="--auto: never remove blocks of the first K layers."
+    ),
+    keep_last: int = typer.Option(
+        0, "--keep-last", metavar="K", help="--auto: never remove blocks of the last K layers."
+    ),
     whole_layers: bool = typer.Option(
         False,
         "--whole-layers",
@@ -102,7 +145,9 @@ def prune(
     seq_len: int = SEQ_LEN,
     seed: int = SEED,
     dtype: str = DTYPE,
-    max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
+    max_shard_size: str = typer.Option(
+        "5GB", "--max-shard-size", metavar="SIZE", help="Largest output shard, e.g. 500MB."
+    ),
     max_memory: Optional[str] = MAX_MEMORY,
     force: bool = FORCE,
     quiet: bool = QUIET,
@@ -148,11 +193,13 @@ def prune(
     typer.echo(result.summary())
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Write a stock Qwen3 (no custom code) for llama.cpp, MLX, ...")
 def export(
-    pruned: str = typer.Argument(..., help="qprune checkpoint: a local directory or a hub id."),
-    dest: Path = typer.Argument(..., help="Directory to write the stock Qwen3 to."),
-    max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 500MB."),
+    pruned: str = typer.Argument(..., metavar="PRUNED", help="qprune checkpoint: a local directory or a hub id."),
+    dest: Path = typer.Argument(..., metavar="DEST", help="Directory to write the stock Qwen3 to."),
+    max_shard_size: str = typer.Option(
+        "5GB", "--max-shard-size", metavar="SIZE", help="Largest output shard, e.g. 500MB."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -167,10 +214,14 @@ def export(
     typer.echo(result.summary())
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Score how much every attention and MLP block matters.")
 def scan(
-    model: str = typer.Argument(..., help="Qwen3 or qprune checkpoint: a local directory or a hub id."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write scan.json and scan.png here."),
+    model: str = typer.Argument(
+        ..., metavar="MODEL", help="Qwen3 or qprune checkpoint: a local directory or a hub id."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", metavar="DIR", help="Write scan.json and scan.png to this directory."
+    ),
     data: Optional[str] = DATA,
     text_field: str = TEXT_FIELD,
     samples: int = SAMPLES,
@@ -210,24 +261,40 @@ def scan(
         typer.echo(
             f"heatmap: {done.out / 'scan.png'}"
             if done.heatmap
-            else "heatmap: skipped, needs matplotlib: pip install 'qprune[plot]'"
+            else "heatmap: skipped, needs matplotlib: pip install matplotlib"
         )
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=_Command, short_help="Perplexity beside the base model's, and generations side by side.")
 def evaluate(
-    model: str = typer.Argument(..., help="Checkpoint to evaluate: a local directory or a hub id."),
-    base: Optional[str] = typer.Option(None, "--base", help="Dense model to compare with, side by side."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Checkpoint to evaluate: a local directory or a hub id."),
+    base: Optional[str] = typer.Option(
+        None, "--base", metavar="MODEL", help="Dense model to compare with, side by side."
+    ),
     data: Optional[str] = typer.Option(
-        None, "--data", help="Text: .txt, .jsonl, .parquet, a datasets id (default: qprune:pydocs-heldout.txt)."
+        None,
+        "--data",
+        metavar="SOURCE",
+        help="Text: .txt, .jsonl, .parquet, a datasets id (default: qprune:pydocs-heldout.txt).",
     ),
     text_field: str = TEXT_FIELD,
-    seq_len: int = typer.Option(1024, "--seq-len", help="Tokens per window."),
-    stride: int = typer.Option(512, "--stride", help="Tokens between window starts."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Score only the first N tokens of the text."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Text file, one prompt per line: greedy outputs."),
-    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Tokens generated per prompt."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward."),
+    seq_len: Optional[int] = typer.Option(
+        None,
+        "--seq-len",
+        metavar="N",
+        help="Tokens per window, at most the model's context (default: 1024, or the context if shorter).",
+    ),
+    stride: Optional[int] = typer.Option(
+        None, "--stride", metavar="N", help="Tokens between window starts; less than the window (default: half)."
+    ),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", metavar="N", help="Score only the first N tokens of the text."
+    ),
+    prompts: Optional[Path] = typer.Option(
+        None, "--prompts", metavar="FILE", help="Text file, one prompt per line: greedy outputs side by side."
+    ),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, metavar="N", help="Tokens generated per prompt."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, metavar="N", help="Windows per forward."),
     dtype: Optional[str] = LOAD_DTYPE,
     quantize: Optional[str] = QUANTIZE,
     check_overflow: bool = CHECK_OVERFLOW,
@@ -260,33 +327,40 @@ def evaluate(
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Speed and memory: pruned vs dense vs the plan's ideal.")
 def bench(
-    model: Optional[str] = typer.Argument(None, help="Pruned checkpoint, measured against --base."),
-    base: Optional[str] = typer.Option(None, "--base", help="The dense model MODEL was pruned from."),
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", help="Pruned checkpoint, measured against --base."),
+    base: Optional[str] = typer.Option(None, "--base", metavar="MODEL", help="The dense model MODEL was pruned from."),
     shape: Optional[str] = typer.Option(
         None,
         "--shape",
+        metavar="NAME",
         help="Instead of checkpoints: random weights of a released shape (qwen3-0.6b ... qwen3-32b, "
         "qwen3-30b-a3b, qwen3-235b-a22b).",
     ),
     layers: Optional[int] = typer.Option(
-        None, "--layers", help="--shape: keep only its first N layers (for shapes that do not fit memory)."
+        None, "--layers", metavar="N", help="--shape: keep only its first N layers (for shapes that do not fit memory)."
     ),
-    attn: Optional[str] = typer.Option(None, "--attn", help="--shape: layers whose attention to prune, e.g. 21-27."),
-    mlp: Optional[str] = typer.Option(None, "--mlp", help="--shape: layers whose MLP to prune, e.g. 0,5."),
-    prompt_len: int = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence (prefill)."),
-    new_tokens: int = typer.Option(64, "--new-tokens", help="Decode steps per sequence."),
-    batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (the median is reported)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed repetitions first."),
-    seed: int = SEED,
+    attn: Optional[str] = typer.Option(
+        None, "--attn", metavar="LAYERS", help="--shape: layers whose attention to prune, e.g. 21-27."
+    ),
+    mlp: Optional[str] = typer.Option(
+        None, "--mlp", metavar="LAYERS", help="--shape: layers whose MLP to prune, e.g. 0,5."
+    ),
+    prompt_len: int = typer.Option(512, "--prompt-len", metavar="N", help="Prompt tokens per sequence (prefill)."),
+    new_tokens: int = typer.Option(64, "--new-tokens", metavar="N", help="Decode steps per sequence."),
+    batch: str = typer.Option("1", "--batch", metavar="SIZES", help="Batch sizes, e.g. 1,8 (a table for each)."),
+    repeats: int = typer.Option(5, "--repeats", metavar="N", help="Timed repetitions (the median is reported)."),
+    warmup: int = typer.Option(1, "--warmup", metavar="N", help="Untimed repetitions first."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random prompts (and --shape's random weights)."),
     dtype: str = typer.Option(
         "auto",
         "--dtype",
         help="auto (bfloat16 where the device computes it natively, else float32), bfloat16, float32 or float16.",
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when there is one)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", metavar="cpu|cuda", help="cpu or cuda (default: cuda when there is one)."
+    ),
     quantize: Optional[str] = QUANTIZE,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
     quiet: bool = QUIET,
@@ -302,15 +376,18 @@ def bench(
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Distil the base model back into a pruned checkpoint.")
 def heal(
-    pruned: str = typer.Argument(..., help="Pruned checkpoint to heal (a qprune output)."),
-    out: Path = typer.Argument(..., help="Directory to write the healed checkpoint to."),
+    pruned: str = typer.Argument(..., metavar="PRUNED", help="Pruned checkpoint to heal (a qprune output)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Directory to write the healed checkpoint to."),
     base: Optional[str] = typer.Option(None, "--base", help="Teacher (default: the base PRUNED records)."),
     data: Optional[str] = DATA,
     text_field: str = TEXT_FIELD,
     eval_data: Optional[str] = typer.Option(
-        None, "--eval-data", help="Held-out text for perplexity before/after (default: qprune:pydocs-heldout.txt)."
+        None,
+        "--eval-data",
+        metavar="SOURCE",
+        help="Held-out text for perplexity before/after (default: qprune:pydocs-heldout.txt).",
     ),
     tokens: int = typer.Option(500_000, "--tokens", help="Training budget in tokens."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training sequence."),
@@ -362,9 +439,9 @@ def heal(
     typer.echo(result.summary())
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Print a checkpoint's pruning plan and sizes.")
 def info(
-    path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
+    path: str = typer.Argument(..., metavar="PATH", help="Checkpoint directory or hub id."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
     quiet: bool = QUIET,
 ) -> None:
@@ -386,9 +463,9 @@ def info(
     )
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Check a pruned checkpoint: keys, logits against the base, caching.")
 def verify(
-    path: str = typer.Argument(..., help="Pruned checkpoint."),
+    path: str = typer.Argument(..., metavar="PATH", help="Pruned checkpoint."),
     base: Optional[str] = typer.Option(None, "--base", help="The model it was pruned from, for the oracle checks."),
     quantize: Optional[str] = typer.Option(
         None,
@@ -401,8 +478,7 @@ def verify(
     with user_errors():
         from qprune.measure.verify import verify as run_verify
 
-        reporter(quiet)
-        checks = run_verify(path, base, quantize=quantize)
+        checks = run_verify(path, base, quantize=quantize, progress=reporter(quiet))
     for check in checks:
         typer.echo(str(check))
     passed = all(check.passed for check in checks)
@@ -411,11 +487,13 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Greedy generation from a checkpoint.")
 def generate(
-    path: str = typer.Argument(..., help="Checkpoint directory or hub id."),
-    prompt: str = typer.Option(..., "--prompt", help="Text to continue (a user turn if there is a chat template)."),
-    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1),
+    path: str = typer.Argument(..., metavar="PATH", help="Checkpoint directory or hub id."),
+    prompt: str = typer.Option(
+        ..., "--prompt", metavar="TEXT", help="Text to continue (a user turn if there is a chat template)."
+    ),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, metavar="N", help="Tokens to generate."),
     dtype: Optional[str] = LOAD_DTYPE,
     quantize: Optional[str] = QUANTIZE,
     check_overflow: bool = CHECK_OVERFLOW,
@@ -443,9 +521,11 @@ def generate(
             typer.echo(describe(model), err=True)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Prune the shipped small model, verify it, compare generations.")
 def demo(
-    model: Optional[str] = typer.Option(None, "--model", help="Qwen3 to prune (default: the embedded model)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="MODEL", help="Qwen3 to prune (default: the small model shipped with qprune)."
+    ),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Write the pruned checkpoint here (default: ./qprune-demo, or -2, -3... if taken)."
     ),
@@ -464,7 +544,11 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app(prog_name="qprune")  # also as `python -m qprune.cli`
+    except Interrupted as error:  # a signal outside a command's own handling (while its result prints)
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(error.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -1,41 +1,125 @@
 """What the `qprune` commands share: option groups (Typer options used by several commands), parsers
-of option values, and `user_errors`, which prints a library error as one line naming the flag.
+of option values, and `user_errors`, which prints a library or OS error as one line (the CLI runs every
+command inside `errors.signals_interrupt`, so SIGTERM and SIGHUP stop it the way Ctrl-C does).
 
     @app.command()
     def scan(model: str, samples: int = SAMPLES, seq_len: int = SEQ_LEN, quiet: bool = QUIET): ...
+
+Exit statuses (the whole CLI, one rule): 0 done; 1 a check failed (verify, demo: FAIL) or a bug in
+qprune (its traceback is printed); 2 one line `error: ...`: the run was refused or could not be done
+for a reason on the user's side: bad input (`QpruneError`), a damaged safetensors file, the OS
+(no space left, permission denied, read-only filesystem) or memory running out; 128 + N stopped by
+signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), after the cleanup ran, with one line
+`error: interrupted by SIGTERM`.
 """
 
 from __future__ import annotations
 
+import errno
 import re
+import signal
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from qprune.errors import QpruneError
+from qprune.errors import Interrupted, QpruneError, QpruneWarning
 
+MAX_SIZE = 10**15  # 1 PB: no shard or memory limit comes near it
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _fail(message: str, code: int = 2):
+    lines = [line.strip() for line in message.splitlines() if line.strip()]  # one line, whatever the message
+    typer.echo(f"error: {'; '.join(lines) or 'failed'}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line(error: BaseException) -> str | None:
+    """The line for an exception that is not a bug in qprune, or None for one that is."""
+    if isinstance(error, BrokenPipeError):  # stdout closed early (`qprune ... | head`): click exits quietly
+        return None
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error) or type(error).__name__
+        target = error.filename
+        if target is None:
+            return f"cannot write: {reason}" if error.errno in _WRITE_ERRORS else reason
+        verb = "write" if error.errno in _WRITE_ERRORS else "access"
+        return f"cannot {verb} {target}: {reason}"
+    if isinstance(error, MemoryError):
+        return (
+            "out of memory: lower --samples, --seq-len or --batch-size, or give --max-memory (where the command has it)"
+        )
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, getattr(torch, "OutOfMemoryError", ())):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"out of GPU memory ({first}): lower --samples, --seq-len or --batch-size"
+    safetensors = sys.modules.get("safetensors")
+    if safetensors is not None and isinstance(error, getattr(safetensors, "SafetensorError", ())):
+        return f"damaged or unreadable safetensors file: {error}"
+    return None
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
+    """Print what is not a bug as one line `error: ...` and exit with its status (see the module
+    docstring); anything else keeps its traceback."""
     try:
         yield
     except QpruneError as error:
-        typer.echo(f"error: {error.for_cli()}", err=True)
-        raise typer.Exit(getattr(error, "exit_code", 2)) from None
+        _fail(error.for_cli(), getattr(error, "exit_code", 2))
+    except Interrupted as error:
+        _fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted by SIGINT", 128 + signal.SIGINT)
+    except Exception as error:  # re-raised below unless it is the user's or the OS's doing
+        line = _one_line(error)
+        if line is None:
+            raise
+        _fail(line)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    text = message.for_cli() if isinstance(message, QpruneWarning) else str(message)
+    return f"warning: {' '.join(text.split())}\n"
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """While the block runs, a warning that is shown (float16 on Qwen3, too little text, a target not met)
+    reads as one line, `warning: ...`, naming flags. Only the format changes: which warnings show, and
+    where they go (stderr; a test runner's record), is as the filters and handlers in force say."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = _warning_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def parse_size(text: str, option: str = "--max-shard-size") -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    known = match is not None and match.group(2).upper() in _UNITS
-    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()]) if known else 0
-    if size <= 0:
-        raise QpruneError(f"{option}: {text!r} is not a size like 500MB or 5GB")
-    return size
+    """Bytes of a size like 500MB, 1.5GiB or 2000000: a finite positive number, at least one byte and
+    at most `MAX_SIZE`. Exact arithmetic, no float: '9' * 400 is out of range, not an OverflowError."""
+    shown = repr(text) if len(text) <= 40 else repr(text[:24] + "...")  # the message stays one short line
+    match = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?\s*([A-Za-z]*)\s*", text)
+    if match is None or match.group(3).upper() not in _UNITS:
+        raise QpruneError(f"{option}: {shown} is not a size like 500MB or 5GB")
+    whole, fraction, unit = match.group(1).lstrip("0"), (match.group(2) or "")[:30], match.group(3).upper()
+    if len(whole) > len(str(MAX_SIZE)):  # too long to be in range whatever the unit (and to parse quickly)
+        raise QpruneError(f"{option}: {shown} is out of range (more than 1 PB)")
+    size = Fraction(int(whole or "0")) + (Fraction(int(fraction), 10 ** len(fraction)) if fraction else 0)
+    size *= _UNITS[unit]
+    if size > MAX_SIZE:
+        raise QpruneError(f"{option}: {shown} is out of range (more than 1 PB)")
+    if size < 1:
+        raise QpruneError(f"{option}: {shown} is not a size like 500MB or 5GB")
+    return int(size)
 
 
 def parse_memory(text: Optional[str]) -> Optional[int]:
@@ -52,27 +136,33 @@ def read_plan(attn: Optional[str], mlp: Optional[str], plan_file: Optional[Path]
     return Plan.parse(attn, mlp)
 
 
-ATTN = typer.Option(None, "--attn", help="Layers whose attention block to prune, e.g. 0,5.")
-MLP = typer.Option(None, "--mlp", help="Layers whose MLP block to prune, e.g. 3,7.")
-PLAN = typer.Option(None, "--plan", help='JSON plan file: {"attn": [0, 5], "mlp": [3, 7]}.')
-FORCE = typer.Option(False, "--force", help="Replace OUT if it exists and is not empty.")
+ATTN = typer.Option(None, "--attn", metavar="LAYERS", help="Layers whose attention block to prune, e.g. 0,5.")
+MLP = typer.Option(None, "--mlp", metavar="LAYERS", help="Layers whose MLP block to prune, e.g. 3,7.")
+PLAN = typer.Option(None, "--plan", metavar="FILE", help='JSON plan file: {"attn": [0, 5], "mlp": [3, 7]}.')
+FORCE = typer.Option(False, "--force", help="Replace the output directory if it exists and is not empty.")
 
 
 # Calibration / evaluation data, shared by scan, prune --auto (and eval).
-DATA = typer.Option(None, "--data", help="Text: .txt, .jsonl, .parquet or a datasets id (default: shipped sample).")
-TEXT_FIELD = typer.Option("text", "--text-field", help="Field (jsonl) or column (parquet, datasets) holding text.")
-SAMPLES = typer.Option(32, "--samples", help="Number of sequences drawn from the data.")
-SEQ_LEN = typer.Option(512, "--seq-len", help="Tokens per sequence.")
+DATA = typer.Option(
+    None, "--data", metavar="SOURCE", help="Text: .txt, .jsonl, .parquet or a datasets id (default: shipped sample)."
+)
+TEXT_FIELD = typer.Option(
+    "text", "--text-field", metavar="NAME", help="Field (jsonl) or column (parquet, datasets) holding text."
+)
+SAMPLES = typer.Option(32, "--samples", metavar="N", help="Number of sequences drawn from the data.")
+SEQ_LEN = typer.Option(512, "--seq-len", metavar="N", help="Tokens per sequence (at most the model's context).")
 SEED = typer.Option(0, "--seed", help="Seed for drawing the sequences.")
 DTYPE = typer.Option(
     "auto",
     "--dtype",
+    metavar="DTYPE",
     help="Weights' dtype while measuring: auto (bfloat16 where the hardware computes it natively, else float32), "
     "bfloat16 or float32.",
 )
 MAX_MEMORY = typer.Option(
     None,
     "--max-memory",
+    metavar="SIZE",
     help="Memory to measure within, e.g. 600MB or 16GB: weights are read a layer at a time and states beyond "
     "it go to disk ($TMPDIR). Default: the whole model in memory, or layer by layer when it does not fit.",
 )
@@ -83,12 +173,14 @@ QUIET = typer.Option(
 QUANTIZE = typer.Option(
     None,
     "--quantize",
+    metavar="MODE",
     help="Quantize the kept weights while loading: int8 or nf4 (bitsandbytes), torchao-int8, torchao-int4 (CUDA). "
-    "Pruned blocks are never quantized. Needs: pip install 'qprune[quant]'.",
+    "Pruned blocks are never quantized. Needs bitsandbytes or torchao (the quant extra).",
 )
 LOAD_DTYPE = typer.Option(
     "auto",
     "--dtype",
+    metavar="DTYPE",
     help="auto (bfloat16 where the hardware computes it natively, else float32), bfloat16, float32 or float16 "
     "(Qwen3 overflows in float16).",
 )

@@ -15,6 +15,9 @@ the median of the per-repetition ratios, each from two runs back to back.
   weights plus the most memory the prefill and decode add (CUDA's allocator peak; on Linux CPUs the
   process's peak resident set, reset before each run).
 The ideal speedups come from `cost.py`; measured / ideal says how much of the plan's saving is real.
+The table's speed-up is the ratio of the tok/s medians it shows beside it (so the row reads
+consistently); the JSON's `*_speedup` is the median of paired ratios. Sizes are in decimal units, as
+everywhere in qprune (`words.human_bytes`).
 Random-weight models stand in for real ones of the same shape: speed does not depend on the values.
 """
 
@@ -127,27 +130,34 @@ class BenchReport:
             d, p = row["dense"], row["pruned"]
             lines += [
                 "",
-                f"batch {row['batch']:<12}{'dense':>12}{'pruned':>12}{'speedup':>10}{'ideal':>8}{'meas/ideal':>12}",
+                f"batch {row['batch']:<12}{'dense':>12}{'pruned':>12}{'pruned/dense':>14}{'ideal':>8}{'of ideal':>10}",
                 _speed_row("prefill tok/s", d["prefill_tokens_per_s"], p["prefill_tokens_per_s"], row, "prefill"),
                 _speed_row("decode tok/s", d["decode_tokens_per_s"], p["decode_tokens_per_s"], row, "decode"),
             ]
             for label, key in (("param bytes", "param_bytes"), ("KV bytes", "kv_bytes"), ("peak bytes", "peak_bytes")):
-                ratio = f"{p[key] / d[key]:>9.3f}x" if d[key] and p[key] is not None else ""
+                ratio = f"{p[key] / d[key]:>13.3f}x" if d[key] and p[key] is not None else ""
                 lines.append(f"{label:<18}{_size(d[key]):>12}{_size(p[key]):>12}{ratio}")
+        lines += [
+            "",
+            "pruned/dense of tok/s is the speed-up (the medians shown; --json adds the median of paired runs);",
+            "ideal: the speed-up the plan's saved FLOPs (prefill) and bytes read (decode) allow;",
+            "of ideal: how much of it was measured.",
+        ]
         return "\n".join(lines)
 
 
 def _speed_row(label: str, dense: float, pruned: float, row: dict, kind: str) -> str:
-    return (
-        f"{label:<18}{dense:>12.1f}{pruned:>12.1f}{row[f'{kind}_speedup']:>9.3f}x"
-        f"{row[f'ideal_{kind}_speedup']:>7.3f}x{row[f'{kind}_vs_ideal']:>12.3f}"
-    )
+    # The speed-up of the figures on this row, so that the row reads consistently; the paired median
+    # (`{kind}_speedup` in the JSON) can differ from it on a noisy machine.
+    speedup = pruned / dense
+    ideal = row[f"ideal_{kind}_speedup"]
+    return f"{label:<18}{dense:>12.1f}{pruned:>12.1f}{speedup:>13.3f}x{ideal:>7.3f}x{speedup / ideal:>10.0%}"
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    from qprune.words import human_bytes
+
+    return "n/a" if n is None else human_bytes(n)
 
 
 # -- the models -------------------------------------------------------------------------------------

@@ -11,10 +11,14 @@ one named), `.parquet` (a text column; needs pyarrow), or a `datasets` id when t
 windows of `seq_len` tokens, and `samples` windows are drawn with `seed`. Every way this can fail
 (missing, empty or unreadable file, unknown format, too little text) is a `QpruneError` that says what
 to change.
+
+Every source is read as a stream (`stream_tokens`): `heal` takes only as many tokens as its budget
+needs (`take_tokens`), and nothing past them is read or tokenized, whatever the size of the source.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -54,38 +58,6 @@ class DataSpec:
         return {**asdict(self), "source": self.source or SHIPPED + CALIBRATION_TEXT.name}
 
 
-def read_documents(spec: DataSpec) -> Iterator[str]:
-    """The text of every document in the source, in order."""
-    if spec.source is None or spec.source.startswith(SHIPPED):
-        yield _shipped(spec.source or SHIPPED + CALIBRATION_TEXT.name).read_text(encoding="utf-8")
-        return
-    path = Path(spec.source).expanduser()
-    if not path.exists():
-        if _DATASET_ID.match(spec.source) and not path.suffix:
-            yield from _hub_dataset(spec)
-            return
-        raise QpruneError(f"data file {spec.source} does not exist")
-    if path.is_dir():
-        raise QpruneError(f"data {spec.source} is a directory; give a {', '.join(FORMATS)} file")
-    if path.suffix not in FORMATS:
-        raise QpruneError(
-            f"data file {spec.source}: unknown format {path.suffix or '(no suffix)'!r}; use {', '.join(FORMATS)}"
-        )
-    if path.suffix == ".parquet":
-        yield from _parquet(path, spec.text_field)
-        return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise QpruneError(f"data file {spec.source} is not UTF-8 text") from None
-    except OSError as error:
-        raise QpruneError(f"data file {spec.source} cannot be read: {error.strerror}") from None
-    if path.suffix == ".txt":
-        yield text
-    else:
-        yield from _jsonl(text, path, spec.text_field)
-
-
 def _shipped(source: str) -> Path:
     path = TEXT_DIR / source.removeprefix(SHIPPED)
     if path.parent != TEXT_DIR or path.suffix != ".txt" or not path.is_file():
@@ -94,73 +66,159 @@ def _shipped(source: str) -> Path:
     return path
 
 
-def _jsonl(text: str, path: Path, field: str) -> Iterator[str]:
-    for number, line in enumerate(text.splitlines(), 1):
+# -- reading: a stream, read only as far as the tokens wanted --------------------------------------------
+
+_CHUNK_LINES = 512  # lines tokenized at once, as `tokenize` does
+_CHUNK_CHARS = 1 << 18  # and at most about this many characters (a file of very long lines)
+_LINE_LIMIT = 1 << 16  # characters read at once from a text file
+
+
+def _stream_documents(spec: DataSpec) -> Iterator[Iterator[str]]:
+    """Each document of the source as an iterator of its lines, read lazily: nothing past what the
+    consumer takes is read (a `datasets` id is opened with streaming=True)."""
+    if spec.source is None or spec.source.startswith(SHIPPED):
+        yield _file_lines(_shipped(spec.source or SHIPPED + CALIBRATION_TEXT.name), spec.source)
+        return
+    path = Path(spec.source).expanduser()
+    if not path.exists():
+        if _DATASET_ID.match(spec.source) and not path.suffix:
+            yield from (iter(text.splitlines(keepends=True)) for text in _hub_stream(spec))
+            return
+        raise QpruneError(f"data file {spec.source} does not exist")
+    if path.is_dir():
+        raise QpruneError(f"data {spec.source} is a directory; give a {', '.join(FORMATS)} file")
+    if path.suffix not in FORMATS:
+        raise QpruneError(
+            f"data file {spec.source}: unknown format {path.suffix or '(no suffix)'!r}; use {', '.join(FORMATS)}"
+        )
+    if path.suffix == ".txt":
+        yield _file_lines(path, spec.source)
+    elif path.suffix == ".jsonl":
+        yield from (iter(text.splitlines(keepends=True)) for text in _jsonl_stream(path, spec))
+    else:
+        yield from (iter(text.splitlines(keepends=True)) for text in _parquet_stream(path, spec.text_field))
+
+
+def _file_lines(path: Path, source: str | None) -> Iterator[str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            # at most 64K characters at a time: a file without line breaks is still read as a stream
+            yield from iter(lambda: file.readline(_LINE_LIMIT), "")
+    except UnicodeDecodeError:
+        raise QpruneError(f"data file {source or path} is not UTF-8 text") from None
+    except OSError as error:
+        raise QpruneError(f"data file {source or path} cannot be read: {error.strerror}") from None
+
+
+def _jsonl_stream(path: Path, spec: DataSpec) -> Iterator[str]:
+    for number, line in enumerate(_file_lines(path, spec.source), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError:
             raise QpruneError(f"{path} line {number} is not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise QpruneError(f"{path} line {number} has no text field {field!r} (choose one with {{text_field}})")
-        yield record[field]
+        if not isinstance(record, dict) or not isinstance(record.get(spec.text_field), str):
+            raise QpruneError(
+                f"{path} line {number} has no text field {spec.text_field!r} (choose one with {{text_field}})"
+            )
+        yield record[spec.text_field]
 
 
-def _parquet(path: Path, field: str) -> Iterator[str]:
+def _parquet_stream(path: Path, field: str) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise QpruneError("reading .parquet needs pyarrow: pip install 'qprune[data]'") from None
+        raise QpruneError("reading .parquet needs pyarrow: pip install pyarrow") from None
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
     except Exception as error:  # pyarrow raises its own types for every kind of damage
         raise QpruneError(f"data file {path} is not a readable parquet file: {error}") from None
-    if field not in table.column_names:
-        raise QpruneError(
-            f"{path} has no column {field!r} (columns: {', '.join(table.column_names)}; use {{text_field}})"
-        )
-    yield from (value for value in table.column(field).to_pylist() if isinstance(value, str))
+    if field not in names:
+        raise QpruneError(f"{path} has no column {field!r} (columns: {', '.join(names)}; use {{text_field}})")
+    try:
+        for batch in file.iter_batches(batch_size=256, columns=[field]):  # a row group at most at a time
+            yield from (value for value in batch.column(0).to_pylist() if isinstance(value, str))
+    except QpruneError:
+        raise
+    except Exception as error:
+        raise QpruneError(f"data file {path} is not a readable parquet file: {error}") from None
 
 
-def _hub_dataset(spec: DataSpec) -> Iterator[str]:
+def _hub_stream(spec: DataSpec) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
         raise QpruneError(
-            f"{spec.source} is not a local file; loading a hub dataset needs `datasets`: pip install 'qprune[data]'"
+            f"{spec.source} is not a local file; loading a hub dataset needs `datasets`: pip install datasets"
         ) from None
     name, _, config = spec.source.partition(":")
     try:
-        dataset = datasets.load_dataset(name, config or None, split=spec.split)
+        dataset = iter(datasets.load_dataset(name, config or None, split=spec.split, streaming=True))
+        first = next(dataset, None)
     except Exception as error:  # offline, unknown id, missing split: one message for the user
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise QpruneError(
             f"data {spec.source} is not a local file and could not be loaded as a dataset ({reason})"
         ) from None
-    if spec.text_field not in dataset.column_names:
+    if first is not None and spec.text_field not in first:
         raise QpruneError(f"dataset {spec.source} has no column {spec.text_field!r} (use {{text_field}})")
-    yield from (value for value in dataset[spec.text_field] if isinstance(value, str))
+    records = itertools.chain([first] if first is not None else [], dataset)
+    yield from (record[spec.text_field] for record in records if isinstance(record.get(spec.text_field), str))
+
+
+def stream_tokens(spec: DataSpec, tokenizer) -> Iterator[list[int]]:
+    """The source's tokens a piece at a time, as `tokenize` cuts them (documents joined by the
+    end-of-text token, a few hundred lines tokenized at once), reading the source only as far as the
+    consumer iterates: memory follows what is taken, not the size of the source."""
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def encode(lines: list[str]) -> list[int]:
+        return tokenizer("".join(lines), add_special_tokens=False, verbose=False)["input_ids"]
+
+    for document in _stream_documents(spec):
+        held: list[list[str]] = []  # blank chunks before the first text: a blank document yields nothing
+        seen, chunk, size = False, [], 0
+        for line in document:
+            chunk.append(line)
+            size += len(line)
+            if len(chunk) == _CHUNK_LINES or size >= _CHUNK_CHARS:
+                seen = seen or any(part.strip() for part in chunk)
+                held.append(chunk)
+                if seen:
+                    yield from (encode(part) for part in held)
+                    held = []
+                chunk, size = [], 0
+        if chunk:
+            seen = seen or any(part.strip() for part in chunk)
+            held.append(chunk)
+        if seen:
+            yield from (encode(part) for part in held)
+            yield list(separator)
 
 
 def tokenize(spec: DataSpec, tokenizer) -> list[int]:
     """Every document's tokens, joined by the end-of-text token (when the tokenizer has one)."""
-    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    tokens: list[int] = []
-    for document in read_documents(spec):
-        if not document.strip():
-            continue
-        # Long single-document files are tokenized a few hundred lines at a time: fast tokenizers are
-        # quadratic-ish on one huge string, and no word straddles a line break.
-        lines = document.splitlines(keepends=True)
-        for start in range(0, len(lines), 512):
-            tokens.extend(
-                tokenizer("".join(lines[start : start + 512]), add_special_tokens=False, verbose=False)["input_ids"]
-            )
-        tokens.extend(separator)
+    tokens = [token for piece in stream_tokens(spec, tokenizer) for token in piece]
     if not tokens:
         raise QpruneError(f"data {spec.describe()['source']} holds no text")
     return tokens
+
+
+def take_tokens(spec: DataSpec, tokenizer, count: int) -> list[int]:
+    """The first `count` tokens of the source (fewer when it holds fewer), read and tokenized as a
+    stream that stops as soon as it has them."""
+    tokens: list[int] = []
+    pieces = stream_tokens(spec, tokenizer)
+    try:
+        for piece in pieces:
+            tokens.extend(piece)
+            if len(tokens) >= count:
+                break
+    finally:
+        pieces.close()  # closes the file (or the dataset stream) now, not at garbage collection
+    return tokens[:count]
 
 
 def load_token_batches(spec: DataSpec, tokenizer) -> torch.Tensor:
@@ -184,6 +242,21 @@ def load_token_batches(spec: DataSpec, tokenizer) -> torch.Tensor:
     return torch.tensor([tokens[i * spec.seq_len : (i + 1) * spec.seq_len] for i in chosen], dtype=torch.long)
 
 
+def check_seq_len(seq_len: int, model_dir, name: str | None = None, window: int | None = None) -> None:
+    """Refuse windows longer than the model's context (`max_position_embeddings`): positions past it were
+    never trained, and scores measured there would mislead without a word. `window`: the length actually
+    used, when less than `seq_len` (a short text). Reads only config.json."""
+    from qprune.io.source import read_model_config
+
+    limit = read_model_config(Path(model_dir)).get("max_position_embeddings")
+    used = seq_len if window is None else min(seq_len, window)
+    if isinstance(limit, int) and not isinstance(limit, bool) and used > limit:
+        raise QpruneError(
+            f"{{seq_len}} {seq_len} is longer than the context of {name or model_dir}: {limit} tokens "
+            f"(max_position_embeddings in its config.json); use at most {limit}"
+        )
+
+
 def load_for_measurement(
     source: str, spec, dtype: str = "auto", progress: bool | Progress = False, max_memory: int | None = None
 ):
@@ -203,6 +276,7 @@ def load_for_measurement(
     progress = as_progress(progress)
     dtype = resolve_auto(check_dtype_name(dtype, float16=False), progress.note)
     model_dir = resolve_model_dir(source)
+    check_seq_len(spec.seq_len, model_dir, source)
     batch = load_token_batches(spec, load_tokenizer(model_dir))
     progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")
     samples, seq_len = batch.shape

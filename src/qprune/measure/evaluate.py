@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qprune.errors import QpruneError
-from qprune.measure.data import HELDOUT_SOURCE, DataSpec, tokenize
+from qprune.errors import QpruneError, warn
+from qprune.measure.data import HELDOUT_SOURCE, DataSpec, check_seq_len, tokenize
 from qprune.progress import Progress, as_progress
 from qprune.runtime.precision import NonFiniteLogitsError, OverflowReport, overflow_message, parse_dtype, resolve_auto
 
@@ -76,8 +76,10 @@ def perplexity(
     stride: int = 512,
     batch_size: int = 4,
     progress: bool | Progress = False,
+    description: str = "perplexity",
 ) -> Perplexity:
-    """Sliding-window perplexity of `model` on a 1-D tensor of token ids."""
+    """Sliding-window perplexity of `model` on a 1-D tensor of token ids; `description` names the loop
+    in the progress lines."""
     import torch
 
     from qprune.measure.ablation import chunked_nll
@@ -94,9 +96,9 @@ def perplexity(
     if isinstance(model, StreamedModel):  # layer by layer: every window through a layer, then the next
         from qprune.measure.layerwise import final_states
 
-        states, model = final_states(model, ids, progress), model.skeleton
+        states, model = final_states(model, ids, progress, f"{description}, layers"), model.skeleton
     else:
-        states = _forward(model, ids, progress)
+        states = _forward(model, ids, progress, description)
     result = Perplexity(0.0, 0)
     with torch.inference_mode():
         for k, hidden in states:
@@ -110,13 +112,13 @@ def perplexity(
     return result
 
 
-def _forward(model, ids: list[torch.Tensor], progress: Progress):
+def _forward(model, ids: list[torch.Tensor], progress: Progress, description: str):
     """(batch index, final normed hidden states) of each batch, a whole forward each."""
     import torch
 
     device = model.get_input_embeddings().weight.device
     with torch.inference_mode():
-        for k, batch in enumerate(progress(ids, "perplexity")):
+        for k, batch in enumerate(progress(ids, description)):
             yield k, model.model(input_ids=batch.to(device), use_cache=False).last_hidden_state
 
 
@@ -209,12 +211,15 @@ def _one_line(text: str) -> str:
     return text.strip().replace("\n", "\\n")
 
 
+DEFAULT_WINDOW = 1024  # eval's --seq-len when none is given and the model's context allows it
+
+
 def run_eval(
     model: str,
     base: str | None = None,
     spec: DataSpec | None = None,
-    seq_len: int = 1024,
-    stride: int = 512,
+    seq_len: int | None = None,
+    stride: int | None = None,
     max_tokens: int | None = None,
     prompts: str | Path | None = None,
     max_new_tokens: int = 40,
@@ -251,9 +256,27 @@ def run_eval(
     vocab = read_model_config(model_dir)["vocab_size"]
     if base_dir is not None and read_model_config(base_dir)["vocab_size"] != vocab:
         raise QpruneError(f"{model} and {{base}} {base} have different vocabularies; perplexities would not compare")
+    if seq_len is None:  # the default never asks for more context than a model has
+        contexts = [read_model_config(d).get("max_position_embeddings") for d in (model_dir, base_dir) if d]
+        seq_len = min([DEFAULT_WINDOW] + [c for c in contexts if isinstance(c, int) and c >= 2])
+    stride = max(1, seq_len // 2) if stride is None else stride
     tokenizer = load_tokenizer(model_dir)
     tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)
     windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading
+    for name, path in ((model, model_dir), (base, base_dir)):
+        if path is not None:
+            check_seq_len(seq_len, path, name, window=tokens.numel())
+    if tokens.numel() < 3:  # a perplexity over one token is that token's probability, not a measure
+        raise QpruneError(
+            f"the text has {tokens.numel()} token(s): perplexity needs at least 2 tokens scored (3 in all); "
+            "give more text"
+        )
+    if tokens.numel() < seq_len:  # one short window: a figure over a handful of tokens reads like any other
+        warn(
+            f"the text is only {tokens.numel():,} tokens, less than one {{seq_len}} window ({seq_len}): "
+            f"the perplexity is over {tokens.numel() - 1:,} tokens"
+            + (", too few to compare models" if tokens.numel() - 1 < 100 else "")
+        )
 
     if quantize is not None and max_memory is not None:
         raise QpruneError("{quantize} loads the whole model; it cannot be combined with {max_memory}")
@@ -261,7 +284,7 @@ def run_eval(
     progress = as_progress(progress)
     dtype = resolve_auto(dtype, progress.note)
     results = []
-    for name, path in ((model, model_dir), (base, base_dir)):
+    for label, name, path in (("model", model, model_dir), ("base", base, base_dir)):
         if path is None:
             continue
         streamed = (
@@ -276,7 +299,7 @@ def run_eval(
         overflow = find_overflow(loaded, tokens[None, :seq_len]) if check_overflow else None
         if overflow is not None and overflow.first is not None:
             raise NonFiniteLogitsError(f"{name}: {overflow}; {overflow_message(loaded, suggest_check=False)}")
-        ppl = perplexity(loaded, tokens, seq_len, stride, batch_size, progress)
+        ppl = perplexity(loaded, tokens, seq_len, stride, batch_size, progress, f"perplexity of {label} {name}")
         generations = [complete(loaded, tokenizer, p, max_new_tokens) for p in prompt_list]
         size = loaded.parameter_bytes if streamed is not None else parameter_bytes(loaded)
         results.append(ModelEval(name, ppl, size, generations, overflow))

@@ -288,7 +288,7 @@ def open_runner(model, batch: torch.Tensor, *, kl: bool = False, progress=None, 
 
 @torch.inference_mode()
 def final_states(
-    streamed: StreamedModel, batches: list[torch.Tensor], progress=None
+    streamed: StreamedModel, batches: list[torch.Tensor], progress=None, description: str = "forward, layers"
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """`LayerPasses.final_states` of these batches of token ids (each [rows, length]) within
     `streamed.max_memory`: what eval's perplexity runs on a model measured layer by layer."""
@@ -308,6 +308,6 @@ def final_states(
     if progress:
         progress.note(plan.describe(1))
     try:
-        yield from passes.final_states("forward, layers")
+        yield from passes.final_states(description)
     finally:
         passes.close()

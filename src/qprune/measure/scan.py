@@ -213,31 +213,33 @@ def scan_blocks(
 
     start = time.perf_counter()
     runner = None
-    if isinstance(model, StreamedModel):
-        # The one-pass hooks ride on the runner's first pass over the layers.
-        metrics = _OnePass(model.skeleton)
-        try:
-            runner = open_runner(model, batch, kl=ablation, progress=progress)
-        finally:
-            metrics.close()
-        one_pass, dense = {block: metrics.result(block) for block in metrics.sums}, runner.dense_stats
-    else:
-        one_pass, dense = one_pass_metrics(model, batch, progress, stats=not ablation)  # else the runner's
-    first_pass = time.perf_counter() - start
-    scores = {
-        block: {"cosine_similarity": cosine, "relative_update_norm": ratio}
-        for block, (cosine, ratio) in one_pass.items()
-        if whole_layers or block[1] != "layer"
-    }
-    if ablation:
-        with runner or BlockRunner(model, batch, kl=True, progress=progress) as runner:
-            layers = [unit for unit in scores if unit[1] == "layer"]
-            ablated = runner.evaluate(runner.candidates() + layers, progress=progress)
-            dense = runner.dense_stats
-        for block, stats in ablated.items():
-            scores[block] |= {"delta_nll": stats.mean_nll - dense.mean_nll, "kl": stats.mean_kl}
-    elif runner is not None:
-        runner.close()
+    try:  # a layer-by-layer runner holds states on disk: closed however this ends
+        if isinstance(model, StreamedModel):
+            # The one-pass hooks ride on the runner's first pass over the layers.
+            metrics = _OnePass(model.skeleton)
+            try:
+                runner = open_runner(model, batch, kl=ablation, progress=progress)
+            finally:
+                metrics.close()
+            one_pass, dense = {block: metrics.result(block) for block in metrics.sums}, runner.dense_stats
+        else:
+            one_pass, dense = one_pass_metrics(model, batch, progress, stats=not ablation)  # else the runner's
+        first_pass = time.perf_counter() - start
+        scores = {
+            block: {"cosine_similarity": cosine, "relative_update_norm": ratio}
+            for block, (cosine, ratio) in one_pass.items()
+            if whole_layers or block[1] != "layer"
+        }
+        if ablation:
+            with runner or BlockRunner(model, batch, kl=True, progress=progress) as runner:
+                layers = [unit for unit in scores if unit[1] == "layer"]
+                ablated = runner.evaluate(runner.candidates() + layers, progress=progress)
+                dense = runner.dense_stats
+            for block, stats in ablated.items():
+                scores[block] |= {"delta_nll": stats.mean_nll - dense.mean_nll, "kl": stats.mean_kl}
+    finally:
+        if runner is not None:
+            runner.close()
     num_layers = len(skeleton(model).model.layers)
     pruned = sorted(b for b in all_blocks(num_layers) if b not in scores)
     timings = {"one_pass": first_pass, "ablation": time.perf_counter() - start - first_pass}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
 from qprune.cost import Shape, block_parameters
-from qprune.errors import QpruneError
+from qprune.errors import QpruneError, warn
 from qprune.measure.ablation import Block, FullForwardRunner, all_blocks, expand
 from qprune.measure.layerwise import open_runner, skeleton
 from qprune.ops.report import SearchReport, SearchStep
@@ -52,6 +52,14 @@ class Constraints:
             raise QpruneError(f"{{only}} {self.only}: choose attn or mlp")
         if self.whole_layers and self.only is not None:
             raise QpruneError("{whole_layers} removes both blocks of a layer; it cannot be combined with {only}")
+
+    def describe(self, already_pruned: bool = False) -> str:
+        """What keeps blocks out of reach, naming the arguments: "{only} mlp, {keep_first} 2"."""
+        parts = [f"{{only}} {self.only}"] if self.only else []
+        parts += [f"{{{name}}} {value}" for name, value in vars(self).items() if name.startswith("keep_") and value]
+        parts += ["{whole_layers}"] if self.whole_layers else []
+        parts += ["the blocks the checkpoint already prunes"] if already_pruned else []
+        return ", ".join(parts)
 
     def allows(self, block: Block, num_layers: int) -> bool:
         layer, kind = block
@@ -172,15 +180,34 @@ def _candidates(model, removed: set[Block], constraints: Constraints) -> list[Bl
     else:
         blocks = [b for b in all_blocks(n) if b not in removed and constraints.allows(b, n)]
     if not blocks:
-        raise QpruneError("no block may be removed under {only} / {keep_first} / {keep_last}")
+        raise QpruneError(f"no block may be removed{_out_of_reach(constraints, removed)}")
     return blocks
 
 
-def _check_reachable(target: Target, candidates: list[Block]) -> None:
+def _out_of_reach(constraints: Constraints, removed: set[Block]) -> str:
+    """Why no more candidates exist, for a message: " under {keep_first} 2, {only} mlp" or " in this model"."""
+    why = constraints.describe(already_pruned=bool(removed))
+    return f" under {why}" if why else " in this model"
+
+
+def _check_reachable(target: Target, candidates: list[Block], constraints: Constraints, removed: set[Block]) -> None:
     if target.blocks is not None and target.blocks > len(candidates):
-        raise QpruneError(
-            f"{{blocks}} {target.blocks}: only {len(candidates)} blocks may be removed under the constraints"
-        )
+        unit = "layers" if constraints.whole_layers else "blocks"
+        where = _out_of_reach(constraints, removed)
+        advice = "lower {blocks}" + (" or loosen the constraints" if where.startswith(" under") else "")
+        raise QpruneError(f"{{blocks}} {target.blocks}: only {len(candidates)} {unit} may be removed{where}; {advice}")
+
+
+def _warn_if_short(target: Target, budget: _Budget, exhausted: bool, constraints: Constraints, removed) -> None:
+    """A --param-ratio the search stopped short of because every allowed candidate was taken (not just
+    because the next one would overshoot): say so, or the plan reads as if the target were met."""
+    if target.param_ratio is None or not exhausted:
+        return
+    unit = "layers" if constraints.whole_layers else "blocks"
+    warn(
+        f"{{param_ratio}} {target.param_ratio}: removed {budget.removed_share:.1%} of the decoder parameters; "
+        f"the target could not be met: no more {unit} may be removed{_out_of_reach(constraints, removed)}"
+    )
 
 
 def greedy_search(
@@ -200,8 +227,9 @@ def greedy_search(
     kl = metric == "kl"
     structure = skeleton(model)
     with open_runner(model, batch, kl=kl, progress=progress, naive=naive) as runner:
+        initial = set(runner.removed)
         candidates = _candidates(structure, runner.removed, constraints)
-        _check_reachable(target, candidates)
+        _check_reachable(target, candidates, constraints, initial)
         budget = _Budget(target, structure.config, runner.removed)
         budget.check_any_fits(candidates)
         dense = _figures(runner.dense_stats.mean_nll, 0.0 if kl else None)
@@ -220,6 +248,7 @@ def greedy_search(
             figures = _figures(chosen.mean_nll, chosen.mean_kl if kl else None)
             steps.append(SearchStep(best[0], best[1], chosen.metric(metric), **figures))
         chosen_plan = _plan(runner.removed - _initial(structure))
+        _warn_if_short(target, budget, not candidates, constraints, initial)
     return SearchResult(
         "greedy",
         metric,
@@ -248,7 +277,7 @@ def oneshot_search(
     structure = skeleton(model)
     removed = _initial(structure)
     candidates = _candidates(structure, removed, constraints)
-    _check_reachable(target, candidates)
+    _check_reachable(target, candidates, constraints, removed)
     budget = _Budget(target, structure.config, removed)
     budget.check_any_fits(candidates)
     importance = scan.importance(metric, whole_layers=constraints.whole_layers)
@@ -258,6 +287,7 @@ def oneshot_search(
             budget.take(block)
             steps.append(SearchStep(block[0], block[1], importance[block]))
     plan = _plan({(s.layer, s.block) for s in steps})
+    _warn_if_short(target, budget, len(steps) == len(candidates), constraints, removed)
     return SearchResult(
         "oneshot",
         metric,

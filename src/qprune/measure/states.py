@@ -9,6 +9,10 @@ A tensor goes to memory if it fits what is left of the budget, else to its own f
 directory (under $TMPDIR); reading a spilled tensor maps its file privately, so its pages are held
 only while the returned tensor lives. The layer-by-layer engine keeps the residual stream entering
 every block here (`measure/layerwise.py`).
+
+The files can be gigabytes, so they never outlive the store: `close()` (and `with StateStore(...)`)
+deletes them, and so does the store's finalizer when it is collected or the interpreter exits, after an
+exception or a signal (the CLI turns SIGTERM and SIGHUP into one) that skipped a `close()`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -46,7 +51,14 @@ class StateStore:
         self.written_bytes = 0  # ever written to disk: the traffic spilling cost
         self._items: dict[Hashable, torch.Tensor | _Spilled] = {}
         self._dir: str | None = None
+        self._cleanup: weakref.finalize | None = None
         self._count = 0
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
@@ -63,6 +75,7 @@ class StateStore:
         try:
             if self._dir is None:
                 self._dir = tempfile.mkdtemp(prefix="qprune-states-")
+                self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
             path = os.path.join(self._dir, f"{self._count}.bin")
             data.view(torch.uint8).numpy().tofile(path)  # raw bytes, any dtype (numpy has no bfloat16)
         except OSError as error:  # a full or read-only disk
@@ -98,6 +111,6 @@ class StateStore:
     def close(self) -> None:
         self._items.clear()
         self.resident_bytes = self.spilled_bytes = 0
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        if self._cleanup is not None:
+            self._cleanup()  # removes the directory, once
+            self._cleanup = self._dir = None

@@ -6,7 +6,7 @@
 
 Modes (`MODES`): bitsandbytes `int8` (LLM.int8) and `nf4`, torchao `torchao-int8` (int8 weight-only)
 and `torchao-int4` (int4 weight-only; torchao has no CPU kernel for it, so CUDA only). The libraries
-are optional: `pip install 'qprune[quant]'`.
+are optional: `pip install bitsandbytes torchao accelerate` (the `quant` extra).
 
 Why the care: transformers' quantizers replace every `nn.Linear` of the model skeleton. Had a pruned
 block kept its Linears, they would get fresh weights that the checkpoint cannot fill, which
@@ -57,7 +57,7 @@ def mode_named(name: str, on_cuda: bool) -> Mode:
     if mode is None:
         raise QpruneError(f"{{quantize}} {name!r}: choose one of {', '.join(MODES)}")
     if importlib.util.find_spec(mode.library) is None:
-        raise QpruneError(f"{{quantize}} {name} needs {mode.library}: pip install 'qprune[quant]'")
+        raise QpruneError(f"{{quantize}} {name} needs {mode.library}: pip install {mode.library}")
     quiet_library_logs()
     if mode.cuda_only and not on_cuda:
         raise QpruneError(
