@@ -39,9 +39,10 @@ def pruned(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def text(tmp_path_factory) -> Path:
-    """A little training text (about 3,000 tokens), disjoint from the held-out text used to evaluate."""
+    """A little training text (about 10,000 tokens: heal trains on as many as its budget needs and no
+    more), disjoint from the held-out text used to evaluate."""
     path = tmp_path_factory.mktemp("text") / "train.txt"
-    path.write_text((Path(qprune.__file__).parent / "assets" / "text" / "pydocs-calibration.txt").read_text()[:12_000])
+    path.write_text((Path(qprune.__file__).parent / "assets" / "text" / "pydocs-calibration.txt").read_text()[:40_000])
     return path
 
 
@@ -155,8 +156,12 @@ def _damaged_sources(tmp_path: Path, pruned: Path) -> dict[str, list]:
 
 def test_bad_heal_input_is_one_line(tmp_path, pruned, monkeypatch):
     cases = _damaged_sources(tmp_path, pruned)
-    moved = tmp_path / "elsewhere"  # PRUNED records its base by name only: not resolvable from here
+    moved = tmp_path / "elsewhere"  # as written before 0.3, PRUNED records its base by name only
     shutil.copytree(pruned, moved)
+    config = json.loads((moved / "config.json").read_text())
+    del config["qprune_base_path"]
+    config["qprune_base_model"] = "qwen3-gone"  # a directory's name, not resolvable from here
+    (moved / "config.json").write_text(json.dumps(config))
     monkeypatch.chdir(tmp_path)
     for case, (args, message) in cases.items():
         source = moved if case == "no base recorded" else pruned
@@ -171,7 +176,7 @@ def test_bad_heal_input_is_one_line(tmp_path, pruned, monkeypatch):
     result = runner.invoke(app, ["heal", str(pruned), str(tmp_path / "out"), "--base", str(EMBEDDED_MODEL)])
     assert result.exit_code == 2 and "--force" in result.output
     monkeypatch.setitem(sys.modules, "peft", None)
-    with pytest.raises(QpruneError, match=r"pip install 'qprune\[heal\]'"):
+    with pytest.raises(QpruneError, match=r"needs peft: pip install peft"):
         heal(str(pruned), tmp_path / "new", HealSettings(lora=4), base=str(EMBEDDED_MODEL))
 
 

@@ -35,7 +35,7 @@ def lora_config(model, r: int = 16, target_modules: tuple[str, ...] | list[str] 
     try:
         from peft import LoraConfig
     except ImportError:
-        raise QpruneError("LoRA needs peft: pip install 'qprune[heal]'") from None
+        raise QpruneError("LoRA needs peft: pip install peft") from None
     from torch import nn
 
     wanted = set(target_modules)

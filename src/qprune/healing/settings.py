@@ -6,6 +6,7 @@ settings.validate()
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from qprune.errors import QpruneError
@@ -23,7 +24,7 @@ class HealSettings:
     lr: float | None = None  # None: 1e-3 below SMALL_MODEL parameters, 1e-4 above (see `learning_rate`)
     warmup: float = 0.05  # share of the steps
     loss: str = "kd"
-    lm_weight: float = 0.5  # "mix": loss = KD + lm_weight * LM
+    lm_weight: float = 0.5  # "mix": loss = KD + lm_weight * LM; must be > 0 (0 would be "kd")
     lora: int | None = None  # LoRA rank; None trains the weights themselves
     last_layers: int | None = None  # train only the last K layers, the final norm and lm_head
     seed: int = 0
@@ -32,20 +33,41 @@ class HealSettings:
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:
+        """Every setting on its own (what needs the model, like `last_layers` against its depth, is
+        checked by `heal` as soon as it has read the config). Messages name the parameter in braces."""
         for name in ("tokens", "seq_len", "batch_size", "grad_accum", "eval_tokens"):
             if getattr(self, name) < 1:
-                raise QpruneError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise QpruneError(f"lr must be positive, not {self.lr}")
-        if not 0 <= self.warmup < 1:
-            raise QpruneError(f"warmup must be a share of the steps in [0, 1), not {self.warmup}")
+                raise QpruneError(f"{{{name}}} must be positive, not {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise QpruneError(f"{{seq_len}} must be at least 2 (a next token to predict), not {self.seq_len}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise QpruneError(f"{{lr}} must be positive and finite, not {self.lr}")
+        if not (math.isfinite(self.warmup) and 0 <= self.warmup < 1):
+            raise QpruneError(f"{{warmup}} must be a share of the steps in [0, 1), not {self.warmup}")
         if self.loss not in LOSSES:
-            raise QpruneError(f"loss {self.loss!r}: choose {', '.join(LOSSES)}")
+            raise QpruneError(f"{{loss}} {self.loss!r}: choose {', '.join(LOSSES)}")
+        if not (math.isfinite(self.lm_weight) and self.lm_weight > 0):
+            raise QpruneError(
+                f"{{lm_weight}} must be positive and finite, not {self.lm_weight} (for distillation alone, use kd)"
+            )
         for name in ("lora", "last_layers", "top_k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise QpruneError(f"{name} must be positive, not {getattr(self, name)}")
+                raise QpruneError(f"{{{name}}} must be positive, not {getattr(self, name)}")
         if self.lora is not None and self.last_layers is not None:
-            raise QpruneError("choose lora or last_layers, not both")
+            raise QpruneError("give {lora} or {last_layers}, not both")
+
+    def check_layers(self, num_layers: int) -> None:
+        """`last_layers` against the model's depth: called right after reading its config."""
+        if self.last_layers is not None and self.last_layers > num_layers:
+            raise QpruneError(f"{{last_layers}} {self.last_layers}: the model has only {num_layers} layers")
+
+    def sequences_per_step(self, world: int = 1) -> int:
+        """Training sequences one optimizer step consumes, over all `world` processes."""
+        return self.batch_size * self.grad_accum * world
+
+    def steps(self, world: int = 1) -> int:
+        """Optimizer steps the budget buys: `tokens` rounded down to whole steps, and at least one."""
+        return max(1, self.tokens // (self.sequences_per_step(world) * self.seq_len))
 
 
 def learning_rate(settings: HealSettings, parameters: int) -> float:

@@ -14,6 +14,7 @@ card. A qprune checkpoint as the source is pruned further; the plans combine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,10 @@ class PruneResult:
         return summary(self)
 
 
-def pruned_config(config: dict, plan: Plan, base_model: str) -> dict:
-    """The source's config.json with every architecture field kept and the plan added."""
+def pruned_config(config: dict, plan: Plan, base_model: str, base_path: str | None = None) -> dict:
+    """The source's config.json with every architecture field kept and the plan added. The base is
+    recorded twice: `qprune_base_model`, a portable name for cards, and `qprune_base_path`, where
+    `qprune heal` finds it again (an absolute directory, or the hub id)."""
     family = family_of(config)
     out = dict(config)
     out.pop("_name_or_path", None)
@@ -75,7 +78,58 @@ def pruned_config(config: dict, plan: Plan, base_model: str) -> dict:
         pruned_mlp_layers=list(plan.mlp),
         qprune_base_model=base_model,
     )
+    if base_path is not None:
+        out["qprune_base_path"] = base_path
+    else:
+        out.pop("qprune_base_path", None)
     return dict(sorted(family.portable_config(out).items()))
+
+
+def base_location(config: dict, source: str) -> str | None:
+    """Where the dense base of `source` can be found again: the base's location a qprune source
+    records, else `source` itself (an absolute directory, or a hub id). None when a qprune source of
+    before 0.3 records only its base's portable name (a hub id is its own location)."""
+    if "qprune_base_path" in config:
+        return config["qprune_base_path"]
+    if "qprune_base_model" in config:
+        name = config["qprune_base_model"]
+        return name if "/" in name and not os.path.exists(name) else None
+    path = Path(source).expanduser()
+    return str(path.absolute()) if path.exists() else source
+
+
+# Tokenizer classes a tokenizer_config.json can name that load the same in transformers 4.x and 5.x.
+_GENERIC_TOKENIZERS = {
+    "TokenizersBackend": "PreTrainedTokenizerFast",
+    "PreTrainedTokenizerFast": "PreTrainedTokenizerFast",
+}
+
+
+def tokenizer_config(src_dir: Path) -> str | None:
+    """The source's tokenizer_config.json, with `tokenizer_class` added when it lacks one (None: copy
+    it as it is). Without it, transformers 4.x's AutoTokenizer reads the output's config.json, whose
+    `auto_map` names remote code, and stops 15 s to ask "trust_remote_code [y/N]"; with it, 4.x never
+    reads config.json. (5.x reads config.json first whatever this file says, so it still asks; the
+    class keeps it from guessing.) The class is the one transformers picks for the (stock) source,
+    without "Fast" (4.x adds it back, 5.x has one class)."""
+    path = src_dir / "tokenizer_config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # copied as it is: the output's tokenizer is as damaged as the source's
+    if not isinstance(config, dict) or config.get("tokenizer_class"):
+        return None
+    vocabulary = ("tokenizer.json", "vocab.json", "tokenizer.model")
+    if not any((src_dir / name).is_file() for name in vocabulary) and not any(src_dir.glob("*.tiktoken")):
+        return None  # no tokenizer to load (and transformers need not be imported to find that out)
+    from qprune.runtime.load import load_tokenizer
+
+    try:
+        name = type(load_tokenizer(src_dir)).__name__
+    except QpruneError:
+        return None  # the source has no loadable tokenizer: nothing to name
+    name = _GENERIC_TOKENIZERS.get(name, name.removesuffix("Fast"))
+    return json.dumps({**config, "tokenizer_class": name}, indent=2) + "\n"
 
 
 def inherited_files(src_dir: Path, shards: list[Path]) -> tuple[list[Path], list[str]]:
@@ -141,13 +195,18 @@ def prune(
         family_of(config).model_type,
     )
     base_model = portable_name(config.get("qprune_base_model", source))
+    base_path = base_location(config, source)
+    tokenizer_settings = tokenizer_config(src_dir)
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
-        (tmp / "config.json").write_text(json.dumps(pruned_config(config, total, base_model), indent=2) + "\n")
+        config_text = json.dumps(pruned_config(config, total, base_model, base_path), indent=2) + "\n"
+        (tmp / "config.json").write_text(config_text)
         for name in family_of(config).modeling_files:
             shutil.copyfile(MODELING_DIR / name, tmp / name)
         for path in inherited:
             shutil.copyfile(path, tmp / path.name)
+        if tokenizer_settings is not None:
+            (tmp / "tokenizer_config.json").write_text(tokenizer_settings)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(result, base_model, search))
@@ -203,7 +262,7 @@ With transformers alone (the modeling code ships in this directory):
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{name}")
+tokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)  # no question asked
 ```
 
 With qprune installed, no remote code is needed: `model = qprune.load("{name}")`.
