@@ -70,8 +70,8 @@ def _random_checkpoint(path: Path) -> Path:
     subset of the 151,936-entry vocabulary)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from qprune.cli.demo import EMBEDDED_MODEL
     from qprune.cost import shape_named
+    from qprune.shipped import EMBEDDED_MODEL
 
     shape = shape_named("qwen3-0.6b")
     shape = shape.with_layers(2) if SMOKE else shape

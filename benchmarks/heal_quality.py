@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import qprune
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.healing.distill import HealSettings, heal
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 PLAN = Plan(attn=(4,), mlp=(1, 2, 3))
 

@@ -36,7 +36,7 @@ def write_checkpoint(path: Path, shape: str) -> None:
     from safetensors.torch import save_file
 
     from qprune.arch import family_of
-    from qprune.cli.demo import EMBEDDED_MODEL
+    from qprune.shipped import EMBEDDED_MODEL
 
     config = {
         "model_type": "qwen3",

@@ -30,11 +30,11 @@ import torch
 
 import qprune
 import qprune.runtime.memory
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.cost import shape_named
 from qprune.measure.evaluate import run_eval
 from qprune.plan import Plan
 from qprune.runtime.quantize import MODES
+from qprune.shipped import EMBEDDED_MODEL
 from qprune.words import human_bytes
 
 EMBEDDED_PLAN = Plan(attn=(4,), mlp=(1, 2, 3))

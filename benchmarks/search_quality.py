@@ -21,10 +21,10 @@ import torch
 from transformers import AutoTokenizer
 
 from qprune import load
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.measure.data import HELDOUT_TEXT, DataSpec, load_token_batches
 from qprune.measure.search import Target, calibration_nll, greedy_search, oneshot_search
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 METHODS = {
     "greedy NLL (default)": ("greedy", "nll"),

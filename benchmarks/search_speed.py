@@ -25,11 +25,11 @@ import torch
 from transformers import AutoTokenizer
 
 from qprune import PrunedQwen3Config, PrunedQwen3ForCausalLM, load
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.measure.ablation import micro_batches, skipping
 from qprune.measure.data import DataSpec, load_token_batches
 from qprune.measure.scan import one_pass_metrics
 from qprune.measure.search import Target, greedy_search
+from qprune.shipped import EMBEDDED_MODEL
 
 
 def timed(fn):

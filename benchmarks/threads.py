@@ -20,7 +20,7 @@ WORK = r"""
 import sys, time, torch
 import qprune
 from qprune.measure.data import DataSpec, load_token_batches
-from qprune.cli.demo import EMBEDDED_MODEL
+from qprune.shipped import EMBEDDED_MODEL
 from qprune.runtime.generate import complete, load_with_tokenizer
 from qprune.measure.scan import one_pass_metrics
 

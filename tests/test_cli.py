@@ -6,8 +6,9 @@ import sys
 from typer.testing import CliRunner
 
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL, default_block_count
+from qprune.cli.demo import default_block_count
 from qprune.cli.options import parse_size
+from qprune.shipped import EMBEDDED_MODEL
 
 runner = CliRunner()
 

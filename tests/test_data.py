@@ -9,9 +9,9 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
 from qprune.measure.data import CALIBRATION_TEXT, HELDOUT_TEXT, DataSpec, load_token_batches
+from qprune.shipped import EMBEDDED_MODEL
 
 TEXT = "The list type is a mutable sequence.\nTuples are immutable sequences.\n" * 40
 

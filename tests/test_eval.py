@@ -13,12 +13,12 @@ from conftest import VOCAB, oracle, save_tiny_qwen3
 from typer.testing import CliRunner
 
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
 from qprune.measure.evaluate import perplexity, windows
 from qprune.ops.prune import prune
 from qprune.plan import Plan
 from qprune.runtime.load import load
+from qprune.shipped import EMBEDDED_MODEL
 
 runner = CliRunner()
 

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 import qprune
 from qprune import progress
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL, free_output_dir
+from qprune.cli.demo import free_output_dir
 from qprune.io.source import portable_name
 from qprune.plan import Plan
 from qprune.runtime import precision
 from qprune.runtime.precision import auto_dtype, resolve_auto
+from qprune.shipped import EMBEDDED_MODEL
 
 runner = CliRunner()
 

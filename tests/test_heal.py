@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 import qprune
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
 from qprune.healing.distill import HealSettings, heal
 from qprune.healing.kd import kd_loss
@@ -24,6 +23,7 @@ from qprune.io.safetensors import read_checkpoint
 from qprune.measure.data import DataSpec
 from qprune.measure.verify import verify
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 peft = pytest.importorskip("peft", reason="peft is in the test extra; without it LoRA cannot be tested")
 runner = CliRunner()

@@ -29,13 +29,13 @@ from test_moe import save_tiny_moe
 
 import qprune
 import qprune.io.output as output
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
 from qprune.io.safetensors import SAFE_INDEX, read_checkpoint
 from qprune.io.source import portable_name
 from qprune.plan import Plan
 from qprune.runtime.precision import nonfinite_weights, overflow_message
 from qprune.runtime.streamed import StreamedModel
+from qprune.shipped import EMBEDDED_MODEL
 
 PLAN = Plan(attn=(1,), mlp=(2,))
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from test_hostile import assert_one_line_error, cli
 
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneWarning
+from qprune.shipped import EMBEDDED_MODEL
 
 FAST = ["--samples", "2", "--seq-len", "32", "--dtype", "float32", "--quiet"]
 

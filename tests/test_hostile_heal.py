@@ -25,11 +25,11 @@ from test_hostile import assert_one_line_error, cli, leftovers, mount, snapshot 
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 import qprune
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError, QpruneWarning
 from qprune.healing.kd import CACHE_FILE
 from qprune.measure.data import DataSpec, take_tokens, tokenize
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 TEXT_DIR = Path(qprune.__file__).parent / "assets" / "text"
 SHAPE = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16)

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from qprune import load
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.errors import QpruneError
 from qprune.measure.ablation import BlockRunner
 from qprune.measure.data import DataSpec, load_for_measurement
@@ -24,6 +23,7 @@ from qprune.measure.states import StateStore
 from qprune.ops.prune import prune
 from qprune.plan import Plan
 from qprune.runtime.streamed import StreamedModel
+from qprune.shipped import EMBEDDED_MODEL
 
 runner = CliRunner()
 BATCH = token_batch(batch=10, length=16)  # micro-batches of 8 and 2

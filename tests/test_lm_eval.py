@@ -18,9 +18,9 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.ops.prune import prune
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 pytest.importorskip("lm_eval", reason="lm-eval is part of the test extra: pip install -e '.[test]'")
 

@@ -23,13 +23,13 @@ import qprune
 from qprune.arch import family_of
 from qprune.arch.qwen3_moe import QWEN3_MOE
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.cost import Shape, block_parameters, ideal_speedups, parameter_count, shape_named
 from qprune.errors import QpruneError
 from qprune.io.safetensors import read_checkpoint
 from qprune.measure.bench import BenchSettings, run_bench
 from qprune.measure.verify import verify
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 VOCAB = 96
 DENSE_LAYER = 2  # in mlp_only_layers: a dense MLP among sparse MoE blocks

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 import qprune
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.measure.evaluate import perplexity
 from qprune.runtime.generate import complete
 from qprune.runtime.load import load_tokenizer
 from qprune.runtime.precision import Float16Warning, NonFiniteLogitsError, choose_dtype, find_overflow
+from qprune.shipped import EMBEDDED_MODEL
 
 
 @pytest.fixture(scope="module")

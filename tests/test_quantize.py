@@ -236,7 +236,7 @@ def test_torchao_int4_on_a_cpu_is_refused_with_the_alternatives(pruned):
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed")
 def test_torchao_int4_on_cuda(tmp_path):
     # The embedded model: its widths (256, 768) are multiples of int4's group size, 128.
-    from qprune.cli.demo import EMBEDDED_MODEL
+    from qprune.shipped import EMBEDDED_MODEL
 
     qprune.prune(str(EMBEDDED_MODEL), tmp_path / "pruned", Plan(attn=(4,), mlp=(1, 2, 3)))
     checks = qprune.verify(str(tmp_path / "pruned"), str(EMBEDDED_MODEL), quantize="torchao-int4")
@@ -275,7 +275,7 @@ def test_goals_on_the_embedded_model(tmp_path):
     """The issue's goals: pruned by 4 blocks, int8 perplexity within 2% of the unquantized pruned
     model's and nf4 within 10% (on the first 20k held-out tokens, for time), both generate text, and
     the quantized parameter bytes are printed."""
-    from qprune.cli.demo import EMBEDDED_MODEL
+    from qprune.shipped import EMBEDDED_MODEL
 
     out = tmp_path / "pruned"
     qprune.prune(str(EMBEDDED_MODEL), out, Plan(attn=(4,), mlp=(1, 2, 3)))  # the plan --auto chose

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from qprune import load
 from qprune.cli.app import app
-from qprune.cli.demo import EMBEDDED_MODEL
 from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError
 from qprune.measure.ablation import BlockRunner, FullForwardRunner, all_blocks
@@ -21,6 +20,7 @@ from qprune.measure.scan import METRICS, scan_blocks
 from qprune.measure.search import Constraints, Target, greedy_search, oneshot_search
 from qprune.ops.prune import prune
 from qprune.plan import Plan
+from qprune.shipped import EMBEDDED_MODEL
 
 USELESS = (4, "attn")  # naturally a middling block of the embedded model (ranks 2-6 of 12)
 SMALL = DataSpec(samples=8, seq_len=256)  # enough text that every real block matters

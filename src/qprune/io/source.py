@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from qprune import shipped
 from qprune.arch import family_of, tensor_block
 from qprune.errors import QpruneError
 from qprune.io.safetensors import TensorEntry, read_checkpoint
@@ -25,10 +26,10 @@ from qprune.plan import Plan
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a pruned checkpoint needs from the hub: never pickled weights, never other formats.
 _HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
-# Models shipped inside the package, by short name: `qprune:NAME` works wherever a model path does, with
-# no network, and checkpoints made from one record the short name rather than the install path.
-SHIPPED_PREFIX = "qprune:"
-SHIPPED_MODELS = {"qwen3-pydocs": Path(__file__).resolve().parent.parent / "assets" / "qwen3-pydocs"}
+# Models shipped inside the package (qprune.shipped), by short name: `qprune:NAME` works wherever a model
+# path does, with no network, and checkpoints made from one record the short name, not the install path.
+SHIPPED_PREFIX = shipped.PREFIX
+SHIPPED_MODELS = shipped.MODELS
 
 
 def shipped_model_dir(source: str) -> Path | None:

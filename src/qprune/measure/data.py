@@ -28,16 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qprune.errors import QpruneError
+from qprune.shipped import CALIBRATION_TEXT, HELDOUT_TEXT, PREFIX, TEXT_DIR
 
 if TYPE_CHECKING:
     import torch
 
     from qprune.progress import Progress
 
-TEXT_DIR = Path(__file__).parent.parent / "assets" / "text"
-CALIBRATION_TEXT = TEXT_DIR / "pydocs-calibration.txt"
-HELDOUT_TEXT = TEXT_DIR / "pydocs-heldout.txt"
-SHIPPED = "qprune:"  # names a text shipped with qprune, e.g. qprune:pydocs-heldout.txt
+SHIPPED = PREFIX  # names a text shipped with qprune, e.g. qprune:pydocs-heldout.txt
 HELDOUT_SOURCE = SHIPPED + HELDOUT_TEXT.name  # eval's default: text that calibration never sees
 FORMATS = (".txt", ".jsonl", ".parquet")
 _DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")  # name, owner/name, owner/name:config
