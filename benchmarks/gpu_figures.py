@@ -87,7 +87,8 @@ def _random_checkpoint(path: Path) -> Path:
 def scan_search() -> dict:
     from qprune.measure.data import DataSpec
     from qprune.measure.scan import run_scan
-    from qprune.measure.search import Target, auto_prune
+    from qprune.measure.search import Target
+    from qprune.ops.auto import auto_prune
 
     spec = DataSpec(samples=4, seq_len=64) if SMOKE else DataSpec(samples=16, seq_len=512)
     blocks = 1 if SMOKE else 4

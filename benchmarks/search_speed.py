@@ -48,7 +48,8 @@ def plain_forward(model, batch, decoder_only: bool) -> None:
 
 
 def one_pass_scan(model, batch) -> None:
-    one_pass_metrics(model, batch, stats=False)  # as `qprune scan` runs it: the NLL comes with the ablations
+    one_pass_metrics(model, batch, stats=False)  # the one-pass measures alone; `scan` takes them on the ablation
+    # runner's first pass
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """Pruning plans: which layers lose their attention block and which their MLP block.
 
-Which tensors make up a block is the architecture's business (`arch/qwen3.py`); `Plan.prunes(name)`
-answers for one tensor name, which is all the streaming pruner needs.
+Which tensors make up a block is the architecture's business (`arch.family.tensor_block`);
+`Plan.prunes(name)` answers for one tensor name, which is all the streaming pruner needs.
 
     plan = Plan.parse(attn="0,5", mlp="3,20-23")  # as typed on the command line
     plan = Plan.from_json("plan.json")          # {"attn": [0, 5], "mlp": [3]}
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch.qwen3 import tensor_block
+from qprune.arch import tensor_block
 from qprune.errors import QpruneError
 
 # No Qwen3 comes near this; a range is checked against it before it is expanded (`0-100000000000`
@@ -121,6 +121,8 @@ class Plan:
         return len(self.attn) + len(self.mlp)
 
     def prunes(self, tensor_name: str) -> bool:
+        # A plan holds no config, so no family: the family-independent rule, which every family's
+        # `Family.tensor_block` is (all name their blocks model.layers.N.self_attn / .mlp).
         block = tensor_block(tensor_name)
         return block is not None and block[0] in (self.attn if block[1] == "attn" else self.mlp)
 

@@ -2,12 +2,16 @@
 
 from qprune.arch import family_of
 family = family_of(config)        # Qwen3 or Qwen3-MoE, from config.json's model_type
+family.tensor_block(name), family.attention_prunable(config), family.check_config(config, where), ...
+
+`tensor_block` is exported too, for callers holding a tensor name and no config (`Plan.prunes`):
+every family names its blocks the same way (see `family.tensor_block`).
 """
 
 from __future__ import annotations
 
-from qprune.arch.family import Family, family_for
-from qprune.arch.qwen3 import QWEN3, SLIDING_WINDOW_ATTENTION, attention_prunable, tensor_block
+from qprune.arch.family import SLIDING_WINDOW_ATTENTION, Family, family_for, tensor_block
+from qprune.arch.qwen3 import QWEN3
 from qprune.arch.qwen3_moe import QWEN3_MOE
 
 FAMILIES: tuple[Family, ...] = (QWEN3, QWEN3_MOE)
@@ -18,7 +22,6 @@ __all__ = [
     "MODEL_TYPES",
     "SLIDING_WINDOW_ATTENTION",
     "Family",
-    "attention_prunable",
     "family_of",
     "tensor_block",
 ]

@@ -1,34 +1,18 @@
-"""Qwen3 as data: the block each tensor belongs to, and every tensor (with its shape) a config implies.
+"""Qwen3 as data: every tensor (with its shape) a config implies, and what the oracle zeroes.
 
-    tensor_block("model.layers.3.mlp.up_proj.weight")    # (3, "mlp")
     QWEN3.expected_tensors(config)                         # {"model.embed_tokens.weight": (vocab, hidden), ...}
+    QWEN3.tensor_block("model.layers.3.mlp.up_proj.weight")   # (3, "mlp"): family.tensor_block, every family's
 
-A layer has two blocks. Attention is `self_attn.*` plus `input_layernorm`, the norm in front of it;
-the MLP is `mlp.*` plus `post_attention_layernorm`. Pruning a block removes exactly these tensors, and
-its output projection (`self_attn.o_proj`, `mlp.down_proj`) is what the stock-transformers oracle
-zeroes. Plans, completeness checks, export and the vLLM model read this module; it imports nothing
-of qprune, so it sits at the bottom of the package.
+A layer has two blocks, attention and MLP (`family.tensor_block` says which tensors each holds); a
+pruned block's output projection (`self_attn.o_proj`, `mlp.down_proj`) is what the stock-transformers
+oracle zeroes. Attention blocks of a sliding-window Qwen3 cannot be pruned (`family.no_sliding_window`).
+Plans, completeness checks, export and the vLLM model read this module through `family_of`; it
+imports nothing of qprune but `arch.family`, so it sits at the bottom of the package.
 """
 
 from __future__ import annotations
 
-import re
-
 from qprune.arch.family import Family
-
-# Mirrors `tensor_block` in modeling/pruned_blocks.py, which must stay free of qprune
-# imports because it is copied into checkpoints; tests/test_plan.py checks that the two agree.
-_LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|input_layernorm|mlp|post_attention_layernorm)\.")
-_ATTN_SUBMODULES = ("self_attn", "input_layernorm")
-
-
-def tensor_block(name: str) -> tuple[int, str] | None:
-    """The block a tensor belongs to, as (layer, "attn" | "mlp"), or None for tensors outside blocks."""
-    match = _LAYER_TENSOR.search(name)
-    if match is None:
-        return None
-    return int(match.group(1)), "attn" if match.group(2) in _ATTN_SUBMODULES else "mlp"
-
 
 # Qwen3Config's defaults, for the fields a config.json may leave out.
 _DEFAULTS = {
@@ -43,20 +27,6 @@ _DEFAULTS = {
 }
 
 
-def attention_prunable(config: dict) -> bool:
-    """Whether attention blocks may be pruned. Not in sliding-window Qwen3s: their KV-cache slots are
-    typed by position, and the compact slots of a pruned model would mix sliding and full layers."""
-    return not config.get("use_sliding_window")
-
-
-SLIDING_WINDOW_ATTENTION = "attention blocks of a sliding-window Qwen3 cannot be pruned"
-
-
-def config_field(config: dict, name: str, defaults: dict = _DEFAULTS):
-    """A config.json field, or the stock config's default where the file leaves it out."""
-    return config.get(name, defaults[name])
-
-
 def dense_mlp_tensors(prefix: str, hidden: int, inner: int) -> dict[str, tuple[int, ...]]:
     return {
         f"{prefix}.gate_proj.weight": (inner, hidden),
@@ -65,14 +35,14 @@ def dense_mlp_tensors(prefix: str, hidden: int, inner: int) -> dict[str, tuple[i
     }
 
 
-def decoder_tensors(config: dict, mlp_tensors, defaults: dict = _DEFAULTS) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a dense Qwen3-style decoder with this (validated) config, with its shape; each
-    layer's feed-forward tensors come from `mlp_tensors(layer, hidden)`. lm_head is listed even when
-    tied (a tied checkpoint may omit it)."""
-    hidden, vocab = config_field(config, "hidden_size", defaults), config_field(config, "vocab_size", defaults)
-    heads = config_field(config, "num_attention_heads", defaults)
-    kv_heads = config_field(config, "num_key_value_heads", defaults) or heads  # null means one per query head
-    head_dim = config_field(config, "head_dim", defaults) or hidden // heads
+def decoder_tensors(config: dict, mlp_tensors, family: Family) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a dense Qwen3-style decoder with this (validated) config, with its shape (fields
+    it leaves out: `family`'s defaults); each layer's feed-forward tensors come from
+    `mlp_tensors(layer, hidden)`. lm_head is listed even when tied (a tied checkpoint may omit it)."""
+    hidden, vocab = family.config_field(config, "hidden_size"), family.config_field(config, "vocab_size")
+    heads = family.config_field(config, "num_attention_heads")
+    kv_heads = family.config_field(config, "num_key_value_heads") or heads  # null means one per query head
+    head_dim = family.config_field(config, "head_dim") or hidden // heads
     q_width, kv_width = heads * head_dim, kv_heads * head_dim
     shapes = {
         "model.embed_tokens.weight": (vocab, hidden),
@@ -92,7 +62,7 @@ def decoder_tensors(config: dict, mlp_tensors, defaults: dict = _DEFAULTS) -> di
             f"model.layers.{i}.post_attention_layernorm.weight": (hidden,),
         }
         shapes |= mlp_tensors(i, hidden)
-        if config_field(config, "attention_bias", defaults):
+        if family.config_field(config, "attention_bias"):
             shapes |= {
                 f"{attn}.q_proj.bias": (q_width,),
                 f"{attn}.k_proj.bias": (kv_width,),
@@ -104,8 +74,8 @@ def decoder_tensors(config: dict, mlp_tensors, defaults: dict = _DEFAULTS) -> di
 
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor of a dense Qwen3 with this (validated) config, with its shape."""
-    inner = config_field(config, "intermediate_size")
-    return decoder_tensors(config, lambda i, hidden: dense_mlp_tensors(f"model.layers.{i}.mlp", hidden, inner))
+    inner = QWEN3.config_field(config, "intermediate_size")
+    return decoder_tensors(config, lambda i, hidden: dense_mlp_tensors(f"model.layers.{i}.mlp", hidden, inner), QWEN3)
 
 
 # The dense Qwen3 family, from the released config.json files (all: head_dim 128, vocab 151,936).

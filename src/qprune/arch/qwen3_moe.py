@@ -6,12 +6,22 @@ experts, each a gated MLP of width `moe_intermediate_size`. Otherwise it is Qwen
 width `intermediate_size`. Checkpoints hold one tensor per expert (`mlp.experts.{e}.down_proj.weight`)
 in every transformers version; 5.x fuses them into 3-D parameters in memory (`mlp.experts.down_proj`),
 so the output projections below name both.
+
+Its own config fields are checked as `_CONFIG_CHECKS` says (and `_config_relations`); its tensors
+belong to blocks, and its attention may be pruned, by the rules every family shares (`arch.family`).
 """
 
 from __future__ import annotations
 
-from qprune.arch.family import Family
-from qprune.arch.qwen3 import config_field, decoder_tensors, dense_mlp_tensors
+from qprune.arch.family import (
+    OPTIONAL_COUNT,
+    OPTIONAL_LAYERS,
+    POSITIVE_INT,
+    Family,
+    FieldKind,
+    is_int,
+)
+from qprune.arch.qwen3 import decoder_tensors, dense_mlp_tensors
 
 # Qwen3MoeConfig's defaults, for the fields a config.json may leave out (it has no head_dim field:
 # attention then uses hidden_size / num_attention_heads).
@@ -32,6 +42,26 @@ _DEFAULTS = {
 }
 
 
+# Its own config.json fields and what each must be where the file states it. 5.x writes the expert
+# count as num_local_experts, 4.x as num_experts; 0 experts makes every layer dense.
+_CONFIG_CHECKS: dict[str, FieldKind] = {
+    "moe_intermediate_size": POSITIVE_INT,
+    "num_experts_per_tok": POSITIVE_INT,
+    "decoder_sparse_step": POSITIVE_INT,
+    "num_experts": OPTIONAL_COUNT,
+    "num_local_experts": OPTIONAL_COUNT,
+    "mlp_only_layers": OPTIONAL_LAYERS,  # null is none
+}
+
+
+def _config_relations(config: dict) -> str | None:
+    """A token cannot run more experts than a block has."""
+    experts, per_token = config.get("num_experts", config.get("num_local_experts")), config.get("num_experts_per_tok")
+    if is_int(experts) and experts > 0 and is_int(per_token) and per_token > experts:
+        return f"num_experts_per_tok is {per_token}, more than the {experts} experts"
+    return None
+
+
 def num_experts(config: dict) -> int:
     """Experts per MoE block. transformers 5.x writes the field as `num_local_experts`, 4.x as
     `num_experts`; either may be read."""
@@ -41,8 +71,8 @@ def num_experts(config: dict) -> int:
 def sparse_layers(config: dict) -> list[int]:
     """The layers whose feed-forward block is a sparse MoE block (the rest are dense MLPs)."""
     experts = num_experts(config)
-    step = config_field(config, "decoder_sparse_step", _DEFAULTS)
-    dense = set(config_field(config, "mlp_only_layers", _DEFAULTS) or ())
+    step = QWEN3_MOE.config_field(config, "decoder_sparse_step")
+    dense = set(QWEN3_MOE.config_field(config, "mlp_only_layers") or ())
     layers = range(config["num_hidden_layers"])
     return [i for i in layers if experts > 0 and i not in dense and (i + 1) % step == 0]
 
@@ -52,8 +82,8 @@ def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     name them (one tensor per expert)."""
     sparse = set(sparse_layers(config))
     experts = num_experts(config)
-    inner = config_field(config, "intermediate_size", _DEFAULTS)
-    expert_inner = config_field(config, "moe_intermediate_size", _DEFAULTS)
+    inner = QWEN3_MOE.config_field(config, "intermediate_size")
+    expert_inner = QWEN3_MOE.config_field(config, "moe_intermediate_size")
 
     def mlp_tensors(i: int, hidden: int) -> dict[str, tuple[int, ...]]:
         mlp = f"model.layers.{i}.mlp"
@@ -64,7 +94,7 @@ def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
             shapes |= dense_mlp_tensors(f"{mlp}.experts.{e}", hidden, expert_inner)
         return shapes
 
-    return decoder_tensors(config, mlp_tensors, _DEFAULTS)
+    return decoder_tensors(config, mlp_tensors, QWEN3_MOE)
 
 
 def checkpoint_state(state: dict) -> dict:
@@ -107,8 +137,8 @@ def shape_fields(config: dict) -> dict:
     sparse = set(sparse_layers(config))
     return {
         "experts": num_experts(config),
-        "experts_per_token": config_field(config, "num_experts_per_tok", _DEFAULTS),
-        "expert_intermediate": config_field(config, "moe_intermediate_size", _DEFAULTS),
+        "experts_per_token": QWEN3_MOE.config_field(config, "num_experts_per_tok"),
+        "expert_intermediate": QWEN3_MOE.config_field(config, "moe_intermediate_size"),
         "dense_mlp_layers": tuple(i for i in range(config["num_hidden_layers"]) if i not in sparse),
     }
 
@@ -134,7 +164,8 @@ QWEN3_MOE = Family(
     },
     expected_tensors=expected_tensors,
     config_defaults=_DEFAULTS,
-    positive_int_fields=("moe_intermediate_size", "num_experts_per_tok", "decoder_sparse_step"),
+    config_checks=_CONFIG_CHECKS,
+    config_relations=_config_relations,
     checkpoint_state=checkpoint_state,
     portable_config=portable_config,
     renumbered_fields=renumbered_fields,

@@ -172,7 +172,8 @@ def prune(
             return
         if attn or mlp or plan:
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
-        from qprune.measure.search import Constraints, Target, auto_prune
+        from qprune.measure.search import Constraints, Target
+        from qprune.ops.auto import auto_prune
 
         progress = reporter(quiet)
         result, found = auto_prune(

@@ -52,8 +52,9 @@ def run_demo(
     every verification check passed."""
     import torch
 
-    from qprune.measure.search import Target, auto_prune
+    from qprune.measure.search import Target
     from qprune.measure.verify import verify
+    from qprune.ops.auto import auto_prune
     from qprune.ops.prune import prune
     from qprune.runtime.generate import complete, load_with_tokenizer
 

@@ -45,7 +45,7 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.transformers_utils.config import set_default_rope_theta
 
-from qprune.arch import SLIDING_WINDOW_ATTENTION, attention_prunable, family_of, tensor_block
+from qprune.arch import SLIDING_WINDOW_ATTENTION, family_of
 
 
 class _SkippingLayer(nn.Module):
@@ -64,7 +64,8 @@ class _SkippingLayer(nn.Module):
 
 
 def _check_attention(config) -> None:
-    if config.pruned_attn_layers and not attention_prunable(config.to_dict()):
+    raw = config.to_dict()
+    if config.pruned_attn_layers and not family_of(raw).attention_prunable(raw):
         raise ValueError(SLIDING_WINDOW_ATTENTION)
 
 
@@ -148,8 +149,9 @@ class _SlimLoading:
         }
         names = []
         config = self.config.to_dict()
-        for name in family_of(config).expected_tensors(config):
-            block = tensor_block(name)
+        family = family_of(config)
+        for name in family.expected_tensors(config):
+            block = family.tensor_block(name)
             wanted = here.get(name, True) if block is None else block[0] in stage
             if wanted and not self.config.is_pruned_tensor(name):
                 names.append(name)

@@ -52,13 +52,18 @@ class TensorEntry:
         return cls(name, None, dtype, tuple(shape), 0, math.prod(shape) * DTYPE_SIZES[dtype])
 
 
-# safetensors dtypes and the bytes one element takes (sub-byte formats are not Qwen3 weights).
-DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+# safetensors dtypes: the bytes one element takes, and torch's name for it (sub-byte formats are not
+# Qwen3 weights). The one table of them: headers are checked against it here, and the streamed
+# model (runtime/streamed.py) reads tensors into torch through it.
+DTYPES: dict[str, tuple[int, str]] = {
+    "BOOL": (1, "bool"), "U8": (1, "uint8"), "I8": (1, "int8"),
+    "F8_E4M3": (1, "float8_e4m3fn"), "F8_E5M2": (1, "float8_e5m2"), "F8_E8M0": (1, "float8_e8m0fnu"),
+    "I16": (2, "int16"), "U16": (2, "uint16"), "F16": (2, "float16"), "BF16": (2, "bfloat16"),
+    "I32": (4, "int32"), "U32": (4, "uint32"), "F32": (4, "float32"),
+    "I64": (8, "int64"), "U64": (8, "uint64"), "F64": (8, "float64"),
 }  # fmt: skip
+DTYPE_SIZES = {name: size for name, (size, _) in DTYPES.items()}
+TORCH_DTYPES = {name: torch_name for name, (_, torch_name) in DTYPES.items()}  # getattr(torch, ...)
 
 
 def _is_int_list(value: object) -> bool:

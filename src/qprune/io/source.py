@@ -12,13 +12,24 @@ check raises a `QpruneError` naming the file and what is wrong with it.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from qprune import shipped
 from qprune.arch import family_of, tensor_block
+from qprune.arch.family import (
+    OPTIONAL_BOOL,
+    OPTIONAL_COUNT,
+    OPTIONAL_OBJECT,
+    OPTIONAL_POSITIVE_INT,
+    OPTIONAL_POSITIVE_NUMBER,
+    OPTIONAL_STRING,
+    OPTIONAL_STRINGS,
+    POSITIVE_INT,
+    FieldKind,
+    is_int,
+)
 from qprune.errors import QpruneError
 from qprune.io.safetensors import TensorEntry, read_checkpoint
 from qprune.plan import Plan
@@ -101,67 +112,29 @@ def read_config(model_dir: Path) -> dict:
     return config
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# The fields qprune reads, and what each must be when present.
-_POSITIVE_INTS = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
-_OPTIONAL_POSITIVE_INTS = ("num_key_value_heads", "head_dim")
-_BOOLS = ("tie_word_embeddings", "use_sliding_window", "attention_bias")
-_STRINGS = ("qprune_base_model", "dtype", "torch_dtype")
-# Read by the model classes: null means the default, anything else must be a positive finite number.
-_OPTIONAL_POSITIVE_NUMBERS = ("rms_norm_eps", "rope_theta")
-_OPTIONAL_POSITIVE_INTS_TOO = ("max_position_embeddings",)
+# The fields qprune reads in every family, and what each must be where config.json states it (a
+# family's own fields: `Family.config_checks`; num_hidden_layers: first of all, below).
+_CONFIG_CHECKS: dict[str, FieldKind] = {
+    **dict.fromkeys(("hidden_size", "intermediate_size", "vocab_size", "num_attention_heads"), POSITIVE_INT),
+    **dict.fromkeys(("num_key_value_heads", "head_dim", "max_position_embeddings"), OPTIONAL_POSITIVE_INT),
+    **dict.fromkeys(("tie_word_embeddings", "use_sliding_window", "attention_bias"), OPTIONAL_BOOL),
+    **dict.fromkeys(("qprune_base_model", "dtype", "torch_dtype"), OPTIONAL_STRING),
+    **dict.fromkeys(("rms_norm_eps", "rope_theta"), OPTIONAL_POSITIVE_NUMBER),  # read by the model classes
+    "layer_types": OPTIONAL_STRINGS,  # its length is checked with the tensors (check_complete)
+    "max_window_layers": OPTIONAL_COUNT,
+    **dict.fromkeys(("quantization_config", "rope_scaling"), OPTIONAL_OBJECT),
+}
 
 
 def check_config(config: dict, path: Path) -> None:
     """Types and ranges of every config.json field qprune reads; the error names the field."""
-    if not _is_int(config.get("num_hidden_layers")) or config["num_hidden_layers"] < 1:
+    if not is_int(config.get("num_hidden_layers")) or config["num_hidden_layers"] < 1:
         raise QpruneError(f"{path} has no valid num_hidden_layers (a positive integer)")
-    family_ints = family_of(config, str(path)).positive_int_fields
-    for name in _POSITIVE_INTS + family_ints + _OPTIONAL_POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS_TOO:
-        given = (
-            name in config if name in _POSITIVE_INTS + family_ints else config.get(name) is not None
-        )  # the others may be null
-        if given and not (_is_int(config[name]) and config[name] > 0):
-            raise QpruneError(f"{path}: {name} must be a positive integer, not {config[name]!r}")
-    for names, kind, test in ((_BOOLS, "true or false", bool), (_STRINGS, "a string", str)):
-        for name in names:
-            if config.get(name) is not None and not isinstance(config[name], test):
-                raise QpruneError(f"{path}: {name} must be {kind}, not {config[name]!r}")
-    for name in _OPTIONAL_POSITIVE_NUMBERS:
-        value = config.get(name)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not (number and math.isfinite(value) and value > 0):
-            raise QpruneError(f"{path}: {name} must be a positive number, not {value!r}")
-    for name in ("num_experts", "num_local_experts"):
-        if config.get(name) is not None and not (_is_int(config[name]) and config[name] >= 0):
-            raise QpruneError(f"{path}: {name} must be a non-negative integer, not {config[name]!r}")
-    experts, per_token = config.get("num_experts", config.get("num_local_experts")), config.get("num_experts_per_tok")
-    if _is_int(experts) and experts > 0 and _is_int(per_token) and per_token > experts:
-        raise QpruneError(f"{path}: num_experts_per_tok is {per_token}, more than the {experts} experts")
-    num_layers = config["num_hidden_layers"]
+    family = family_of(config, str(path))
+    for name, kind in _CONFIG_CHECKS.items():
+        kind.check(config, name, str(path))
+    family.check_config(config, str(path))
     Plan.from_config(config, path)  # the plan's fields: sorted lists of distinct layers in range
-    layers = config.get("mlp_only_layers")  # stock semantics: null is none, any order
-    if layers is not None and not (
-        isinstance(layers, list) and all(_is_int(i) and 0 <= i < num_layers for i in layers)
-    ):
-        raise QpruneError(
-            f"{path}: mlp_only_layers must be a list of layer numbers in 0..{num_layers - 1}, not {layers!r}"
-        )
-    layer_types = config.get("layer_types")  # its length is checked with the tensors (check_complete)
-    if layer_types is not None and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
-        raise QpruneError(f"{path}: layer_types must be a list of strings (one per layer), not {layer_types!r}")
-    if config.get("max_window_layers") is not None and not (
-        _is_int(config["max_window_layers"]) and config["max_window_layers"] >= 0
-    ):
-        raise QpruneError(
-            f"{path}: max_window_layers must be a non-negative integer, not {config['max_window_layers']!r}"
-        )
-    for name in ("quantization_config", "rope_scaling"):
-        if config.get(name) is not None and not isinstance(config[name], dict):
-            raise QpruneError(f"{path}: {name} must be an object, not {config[name]!r}")
 
 
 def read_model_config(model_dir: Path) -> dict:
@@ -209,7 +182,7 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
 def _blocks(names: list[str]) -> str:
     """The blocks of these tensors as people say them: "attention of layer 1; MLP of layers 2, 3"."""
     layers: dict[str, set[int]] = {"attn": set(), "mlp": set()}
-    for name in names:
+    for name in names:  # tensors `Plan.prunes` picked: its rule, the family-independent one (no config here)
         layer, kind = tensor_block(name)
         layers[kind].add(layer)
     parts = []
@@ -238,9 +211,9 @@ def check_pruned_absent(tensors: dict[str, TensorEntry] | list[str], plan: Plan,
 def check_complete(config: dict, tensors: dict[str, TensorEntry], plan: Plan, where: str | Path) -> None:
     """Refuse a checkpoint that lacks a tensor the plan keeps, holds one of the wrong shape or of an
     integer dtype, holds layers beyond `num_hidden_layers`, or holds tensors of blocks the plan prunes."""
-    num_layers = config["num_hidden_layers"]
+    num_layers, family = config["num_hidden_layers"], family_of(config)
     for name in tensors:
-        block = tensor_block(name)
+        block = family.tensor_block(name)
         if block is not None and block[0] >= num_layers:
             raise QpruneError(
                 f"{where} holds {name}, of layer {block[0]}, but its config.json says it has {num_layers} layers"

@@ -1,3 +1,3 @@
-"""Measuring models: calibration data, block ablation with prefix reuse, scan, plan search, the
-oracle checks of verify, perplexity and generations (evaluate), speed and memory (bench), and the
-ideal costs a plan predicts (cost)."""
+"""Measuring models, writing no checkpoint: calibration data, block ablation with prefix reuse (two
+engines behind one interface, `engine`), scan, plan search (a plan and its `report`), the oracle checks
+of verify, perplexity and generations (evaluate), speed and memory (bench)."""

@@ -83,7 +83,7 @@ def perplexity(
     import torch
 
     from qprune.measure.ablation import chunked_nll
-    from qprune.runtime.streamed import StreamedModel
+    from qprune.measure.engine import engine_of
 
     spans = windows(tokens.numel(), seq_len, stride)
     # Windows of one length are batched; only the last one can be shorter.
@@ -93,12 +93,8 @@ def perplexity(
     batches = [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
     ids = [torch.stack([tokens[w.begin : w.end] for w in batch]) for batch in batches]
     progress = as_progress(progress)
-    if isinstance(model, StreamedModel):  # layer by layer: every window through a layer, then the next
-        from qprune.measure.layerwise import final_states
-
-        states, model = final_states(model, ids, progress, f"{description}, layers"), model.skeleton
-    else:
-        states = _forward(model, ids, progress, description)
+    engine = engine_of(model)  # layer by layer, every window goes through a layer before the next
+    states, model = engine.final_states(ids, progress, description), engine.skeleton
     result = Perplexity(0.0, 0)
     with torch.inference_mode():
         for k, hidden in states:
@@ -110,16 +106,6 @@ def perplexity(
             if not math.isfinite(result.nll):  # inf/NaN logits: say why now, not after every window
                 raise NonFiniteLogitsError(overflow_message(model))
     return result
-
-
-def _forward(model, ids: list[torch.Tensor], progress: Progress, description: str):
-    """(batch index, final normed hidden states) of each batch, a whole forward each."""
-    import torch
-
-    device = model.get_input_embeddings().weight.device
-    with torch.inference_mode():
-        for k, batch in enumerate(progress(ids, description)):
-            yield k, model.model(input_ids=batch.to(device), use_cache=False).last_hidden_state
 
 
 def read_prompts(path: str | Path) -> list[str]:

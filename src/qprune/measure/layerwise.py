@@ -16,13 +16,14 @@ Every layer runs on exactly the inputs, flags and keyword arguments it gets in t
 micro-batch by micro-batch, and stats accumulate in the same order, so the results are equal, not
 close (the tests compare them). The memory plan (`memory_plan.py`) decides what is resident.
 `final_states(streamed, batches)` runs one model over batches of token ids the same way: eval's
-perplexity layer by layer.
+perplexity layer by layer. `engine.py` puts this engine and the in-memory one behind one interface.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,7 +41,9 @@ from qprune.measure.ablation import (
 from qprune.measure.memory_plan import MemoryPlan
 from qprune.measure.states import StateStore
 from qprune.runtime.memory import return_large_frees
-from qprune.runtime.streamed import StreamedModel
+
+if TYPE_CHECKING:
+    from qprune.runtime.streamed import StreamedModel
 
 
 class _Stop(Exception):
@@ -268,22 +271,6 @@ class LayerwiseRunner(LayerPasses, RecordingRunner):
         self.sweep([_Stream("current", self.removed, start, source, record=True)], "removing, layers")
         for k in range(len(self.batches)):
             self.live.discard(("current", k))
-
-
-def skeleton(model):
-    """The model whose structure (layers, config, flags) scan and search read: a loaded model itself,
-    a `StreamedModel`'s skeleton."""
-    return model.skeleton if isinstance(model, StreamedModel) else model
-
-
-def open_runner(model, batch: torch.Tensor, *, kl: bool = False, progress=None, naive: bool = False):
-    """The engine for `model`: `LayerwiseRunner` for a `StreamedModel`, else `BlockRunner` (or, `naive`,
-    the full forward per candidate that the others are checked against)."""
-    from qprune.measure.ablation import BlockRunner, FullForwardRunner
-
-    if isinstance(model, StreamedModel):
-        return LayerwiseRunner(model, batch, kl=kl, progress=progress, max_memory=model.max_memory)
-    return (FullForwardRunner if naive else BlockRunner)(model, batch, kl=kl, progress=progress)
 
 
 @torch.inference_mode()

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from qprune.io.output import atomic_output, check_output
-from qprune.measure.ablation import KINDS, Block, BlockRunner, TokenStats, all_blocks, micro_batches, token_stats
+from qprune.measure.ablation import KINDS, Block, TokenStats, all_blocks, micro_batches, token_stats
 from qprune.measure.data import DataSpec
-from qprune.runtime.streamed import StreamedModel
+from qprune.measure.engine import engine_of
 
 # Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
 METRICS = {
@@ -104,24 +104,30 @@ class _OnePass:
             handle.remove()
 
 
-@torch.inference_mode()
 def one_pass_metrics(
     model, batch: torch.Tensor, progress=None, *, stats: bool = True
 ) -> tuple[dict[Block, tuple[float, float]], TokenStats]:
     """(cosine similarity, relative update norm) of every block the model runs, and (with `stats`) the
-    calibration NLL, from a single forward per micro-batch."""
-    metrics = _OnePass(model)
-    dense = TokenStats()
-    device = model.model.embed_tokens.weight.device
+    calibration NLL, from a single forward per micro-batch (a loaded model or a `StreamedModel`)."""
+    engine = engine_of(model)
+    metrics = _OnePass(engine.skeleton)
     try:
-        batches = micro_batches(batch, model.config.vocab_size)
-        for input_ids in progress(batches, "one pass") if progress else batches:
-            normed = model.model(input_ids=input_ids.to(device), use_cache=False).last_hidden_state
-            if stats:
-                dense += token_stats(model, normed, input_ids)
+        dense = _forward_stats(engine, batch, progress, stats)
     finally:
         metrics.close()
     return {block: metrics.result(block) for block in metrics.sums}, dense
+
+
+@torch.inference_mode()
+def _forward_stats(engine, batch: torch.Tensor, progress, stats: bool) -> TokenStats:
+    """The calibration stats of one forward per micro-batch (nothing summed without `stats`)."""
+    model = engine.skeleton
+    batches = micro_batches(batch, model.config.vocab_size)
+    dense = TokenStats()
+    for k, normed in engine.final_states(batches, progress, "one pass"):
+        if stats:
+            dense += token_stats(model, normed, batches[k])
+    return dense
 
 
 @dataclass
@@ -209,21 +215,20 @@ def scan_blocks(
     with `whole_layers` every layer it still has whole. Without `ablation`, only the one-pass measures
     (cosine, update): a single forward. `model` is a loaded model or a `StreamedModel` (layer by layer
     within its `max_memory`; the same scores)."""
-    from qprune.measure.layerwise import open_runner, skeleton
-
+    engine = engine_of(model)
     start = time.perf_counter()
     runner = None
     try:  # a layer-by-layer runner holds states on disk: closed however this ends
-        if isinstance(model, StreamedModel):
+        if ablation:
             # The one-pass hooks ride on the runner's first pass over the layers.
-            metrics = _OnePass(model.skeleton)
+            metrics = _OnePass(engine.skeleton)
             try:
-                runner = open_runner(model, batch, kl=ablation, progress=progress)
+                runner = engine.runner(batch, kl=True, progress=progress)
             finally:
                 metrics.close()
             one_pass, dense = {block: metrics.result(block) for block in metrics.sums}, runner.dense_stats
         else:
-            one_pass, dense = one_pass_metrics(model, batch, progress, stats=not ablation)  # else the runner's
+            one_pass, dense = one_pass_metrics(model, batch, progress)
         first_pass = time.perf_counter() - start
         scores = {
             block: {"cosine_similarity": cosine, "relative_update_norm": ratio}
@@ -231,16 +236,14 @@ def scan_blocks(
             if whole_layers or block[1] != "layer"
         }
         if ablation:
-            with runner or BlockRunner(model, batch, kl=True, progress=progress) as runner:
-                layers = [unit for unit in scores if unit[1] == "layer"]
-                ablated = runner.evaluate(runner.candidates() + layers, progress=progress)
-                dense = runner.dense_stats
+            layers = [unit for unit in scores if unit[1] == "layer"]
+            ablated = runner.evaluate(runner.candidates() + layers, progress=progress)
             for block, stats in ablated.items():
                 scores[block] |= {"delta_nll": stats.mean_nll - dense.mean_nll, "kl": stats.mean_kl}
     finally:
         if runner is not None:
             runner.close()
-    num_layers = len(skeleton(model).model.layers)
+    num_layers = len(engine.skeleton.model.layers)
     pruned = sorted(b for b in all_blocks(num_layers) if b not in scores)
     timings = {"one_pass": first_pass, "ablation": time.perf_counter() - start - first_pass}
     return ScanResult(num_layers, dense, scores, pruned, timings)
@@ -333,7 +336,7 @@ def run_scan(
         "seed": spec.seed,
         "dtype": dtype,
         "device": str(model.device),
-        **({"max_memory": model.max_memory} if isinstance(model, StreamedModel) else {}),
+        **({"max_memory": limit} if (limit := engine_of(model).max_memory) is not None else {}),
         **result.to_dict(),
     }
     heatmap = False

@@ -1,4 +1,4 @@
-"""Choosing which blocks to prune: `qprune prune --auto`.
+"""Choosing which blocks to prune: the search behind `qprune prune --auto`, which writes nothing.
 
     target = Target(blocks=4)                    # or Target(param_ratio=0.25)
     result = greedy_search(model, batch, target, metric="nll")
@@ -22,18 +22,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from qprune.arch.qwen3 import SLIDING_WINDOW_ATTENTION, attention_prunable
 from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError, warn
 from qprune.measure.ablation import Block, FullForwardRunner, all_blocks, expand
-from qprune.measure.layerwise import open_runner, skeleton
-from qprune.ops.report import SearchReport, SearchStep
+from qprune.measure.engine import engine_of
+from qprune.measure.report import SearchReport, SearchStep
 from qprune.plan import Plan
-
-if TYPE_CHECKING:
-    from qprune.progress import Progress
 
 METHODS = ("greedy", "oneshot")
 SEARCH_METRICS = ("nll", "kl")
@@ -225,8 +220,9 @@ def greedy_search(
         raise QpruneError(f"{{metric}} {metric}: the greedy search uses {' or '.join(SEARCH_METRICS)}")
     start = time.perf_counter()
     kl = metric == "kl"
-    structure = skeleton(model)
-    with open_runner(model, batch, kl=kl, progress=progress, naive=naive) as runner:
+    engine = engine_of(model)
+    structure = engine.skeleton
+    with engine.runner(batch, kl=kl, progress=progress, naive=naive) as runner:
         initial = set(runner.removed)
         candidates = _candidates(structure, runner.removed, constraints)
         _check_reachable(target, candidates, constraints, initial)
@@ -274,7 +270,7 @@ def oneshot_search(
     scan = scan_blocks(
         model, batch, progress=progress, ablation=metric in SEARCH_METRICS, whole_layers=constraints.whole_layers
     )
-    structure = skeleton(model)
+    structure = engine_of(model).skeleton
     removed = _initial(structure)
     candidates = _candidates(structure, removed, constraints)
     _check_reachable(target, candidates, constraints, removed)
@@ -338,54 +334,3 @@ def calibration_nll(model, batch, plan: Plan) -> float:
     """Mean next-token NLL on `batch` of the model with `plan`'s blocks skipped as well."""
     blocks = {(i, "attn") for i in plan.attn} | {(i, "mlp") for i in plan.mlp}
     return FullForwardRunner(model, batch).stats(_initial(model) | blocks).mean_nll
-
-
-def auto_prune(
-    source: str,
-    out,
-    spec,
-    target: Target,
-    *,
-    method: str = "greedy",
-    metric: str | None = None,
-    constraints: Constraints = Constraints(),
-    dtype: str = "auto",
-    max_shard_size: int | None = None,
-    force: bool = False,
-    progress: bool | Progress = True,
-    max_memory: int | None = None,
-):
-    """Choose a plan on `spec`'s calibration data, then write the pruned checkpoint with the search
-    report in it. With `max_memory` (bytes), a model that does not fit is searched layer by layer within
-    it (the same plan). Returns (PruneResult, SearchResult)."""
-    from pathlib import Path
-
-    from qprune.io.output import check_output
-    from qprune.io.source import resolve_model_dir
-    from qprune.measure.data import load_for_measurement
-    from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
-
-    check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
-    if method not in METHODS:
-        raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
-    from qprune.progress import as_progress
-
-    progress = as_progress(progress)
-    model_dir = str(resolve_model_dir(source))  # once: a hub id is looked up here, not again below
-    model, batch = load_for_measurement(model_dir, spec, dtype, progress, max_memory)
-    if not attention_prunable(model.config.to_dict()) and constraints.only != "mlp":
-        raise QpruneError(SLIDING_WINDOW_ATTENTION + ": restrict {only} to mlp")
-    unit = "layers" if constraints.whole_layers else "blocks"
-    goal = f"{target.blocks} {unit}" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
-    progress.note(f"searching ({method}): {goal}")
-    result = search(model, batch, target, method, metric, constraints, progress=progress)
-    del model  # the weights are copied from the files, not from memory
-    pruned = prune(
-        model_dir,
-        Path(out),
-        result.plan,
-        max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,
-        force=force,
-        search=result.report(source, spec.describe(), dtype),
-    )
-    return pruned, result

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch import family_of, tensor_block
+from qprune.arch import family_of
 from qprune.errors import QpruneError
 from qprune.io.safetensors import read_checkpoint
 from qprune.io.source import check_pruned_absent, open_checkpoint, read_model_config, resolve_model_dir
@@ -106,7 +106,7 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
     blocks |= {(i, "mlp") for i in set(plan.mlp) - set(base_plan.mlp)}
 
     def zeroed(name: str) -> bool:
-        layer = tensor_block(name)
+        layer = family.tensor_block(name)
         return layer is not None and layer in blocks and family.is_output_projection(name, layer[1])
 
     kwargs = {}
@@ -141,7 +141,7 @@ def self_oracle(model_dir: Path):
 
     from qprune.io.safetensors import write_shards
     from qprune.io.source import open_checkpoint
-    from qprune.ops.export import stock_config, stock_tensors
+    from qprune.io.stock import stock_config, stock_tensors
 
     checkpoint = open_checkpoint(model_dir)
     layers = list(range(checkpoint.config["num_hidden_layers"]))

@@ -1,2 +1,3 @@
 """Operations that write checkpoints: `prune` (slim pruned checkpoints), `export` (an exact stock Qwen3),
-and the words they share (`report`, also `qprune info`). They stream safetensors; no model is built."""
+both streaming safetensors without building a model; `auto` (`prune --auto`: a search from `measure`,
+then `prune`); and the card's words (`report`, also `qprune info`)."""

@@ -22,7 +22,6 @@ names, zeros are written for the rest, and the model is never built.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +30,13 @@ from qprune.arch import family_of
 from qprune.cost import Shape, ideal_speedups, kept_blocks
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
-from qprune.io.safetensors import TensorEntry, write_shards
+from qprune.io.safetensors import write_shards
 from qprune.io.source import open_checkpoint, portable_name
+from qprune.io.stock import stock_config, stock_tensors
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, inherited_files
 from qprune.plan import Plan
 from qprune.words import format_layers, human_bytes
 
-_QPRUNE_FIELDS = (
-    "auto_map", "pruned_attn_layers", "pruned_mlp_layers", "qprune_base_model", "qprune_base_path", "_name_or_path",
-)  # fmt: skip
-_LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
 # What the card's ideal figures assume (bench's defaults): one sequence, a 512-token prompt, 64 new
 # tokens, 2-byte weights and cache.
 _IDEAL_AT = {"batch": 1, "prompt_len": 512, "new_tokens": 64, "dtype_bytes": 2}
@@ -61,45 +57,6 @@ class ExportResult:
 
     def summary(self) -> str:
         return summary(self)
-
-
-def stock_config(config: dict, kept_layers: list[int]) -> dict:
-    """The pruned checkpoint's config.json as its stock family's with only `kept_layers` (renumbered)."""
-    family = family_of(config)
-    out = {k: v for k, v in config.items() if k not in _QPRUNE_FIELDS}
-    out.update(model_type=family.model_type, architectures=[family.stock_class], num_hidden_layers=len(kept_layers))
-    out.update(family.renumbered_fields(config, kept_layers))
-    if isinstance(config.get("layer_types"), list):
-        out["layer_types"] = [config["layer_types"][i] for i in kept_layers]
-    if isinstance(config.get("max_window_layers"), int):
-        out["max_window_layers"] = sum(1 for i in kept_layers if i < config["max_window_layers"])
-    return dict(sorted(family.portable_config(out).items()))
-
-
-def _renamed(name: str, new_index: dict[int, int]) -> str:
-    match = _LAYER_PREFIX.match(name)
-    return name if match is None else f"model.layers.{new_index[int(match.group(1))]}.{name[match.end() :]}"
-
-
-def stock_tensors(checkpoint, kept_layers: list[int], zero_blocks: Plan) -> list[TensorEntry]:
-    """The export's tensors in layer order: kept ones copied under new names, zero-filled blocks as zeros
-    (in the dtype the same tensor has in kept layers, else the embedding's)."""
-    new_index = {old: new for new, old in enumerate(kept_layers)}
-    dtypes: dict[str, str] = {}
-    for name, entry in checkpoint.tensors.items():
-        dtypes.setdefault(_LAYER_PREFIX.sub("", name), entry.dtype)
-    default_dtype = checkpoint.tensors["model.embed_tokens.weight"].dtype
-    entries = []
-    for name, shape in family_of(checkpoint.config).expected_tensors(checkpoint.config).items():
-        match = _LAYER_PREFIX.match(name)
-        if match is not None and int(match.group(1)) not in new_index:
-            continue  # a removed layer
-        if name in checkpoint.tensors:
-            entries.append(checkpoint.tensors[name])
-        elif zero_blocks.prunes(name):
-            entries.append(TensorEntry.zeros(name, dtypes.get(_LAYER_PREFIX.sub("", name), default_dtype), shape))
-        # else: lm_head.weight of a tied checkpoint, which stays tied
-    return [TensorEntry(_renamed(e.name, new_index), e.file, e.dtype, e.shape, e.start, e.end) for e in entries]
 
 
 def _ideal(config: dict, plan: Plan) -> dict:

@@ -19,11 +19,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, attention_prunable, family_of
+from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from qprune.io.source import open_checkpoint, portable_name
+from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
 from qprune.words import format_layers, human_bytes
@@ -156,7 +157,7 @@ def prune(
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
-    search: report.SearchReport | None = None,
+    search: SearchReport | None = None,
 ) -> PruneResult:
     """Prune `plan`'s blocks out of `source` (directory or hub id) into the new checkpoint `out`.
     `search` says how the plan was chosen (`prune --auto`): it is written to `qprune_search.json` and
@@ -171,7 +172,7 @@ def prune(
     plan.validate(num_layers)
     if plan.num_blocks == 0:
         raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers")
-    if plan.attn and not attention_prunable(config):
+    if plan.attn and not family_of(config).attention_prunable(config):
         raise QpruneError(SLIDING_WINDOW_ATTENTION)
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
@@ -272,7 +273,7 @@ error. Load in bfloat16 or float32: {title} overflows in float16.
 """
 
 
-def model_card(result: PruneResult, base_model: str, search: report.SearchReport | None = None) -> str:
+def model_card(result: PruneResult, base_model: str, search: SearchReport | None = None) -> str:
     is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
     family = family_of({"model_type": result.model_type})
     return _CARD.format(

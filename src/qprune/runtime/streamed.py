@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from qprune.arch import family_of
 from qprune.errors import QpruneError
+from qprune.io.safetensors import TORCH_DTYPES
 from qprune.io.source import Checkpoint, open_checkpoint
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class StreamedModel:
         if name not in self.checkpoint.tensors and name == "lm_head.weight" and self._tied:
             name = "model.embed_tokens.weight"
         entry = self.checkpoint.tensors[name]
-        stored = getattr(torch, _TORCH_DTYPES[entry.dtype])
+        stored = getattr(torch, TORCH_DTYPES[entry.dtype])
         with open(entry.file, "rb", buffering=0) as file:
             file.seek(entry.start)
             if out.is_contiguous() and out.dtype == stored and out.device.type == "cpu":
@@ -144,12 +145,6 @@ def _read_exactly(file, target: torch.Tensor, name: str) -> torch.Tensor:
             raise QpruneError(f"{file.name} ends inside tensor {name} (damaged checkpoint)")
         done += count
     return target
-
-
-_TORCH_DTYPES = {  # safetensors' dtype names
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-}  # fmt: skip
 
 
 def _set_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
