@@ -7,11 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_qwen3
-from typer.testing import CliRunner
+from conftest import cli, save_tiny_qwen3
 
 from qprune.arch.qwen3 import QWEN3
-from qprune.cli.app import app
 from qprune.cost import IdealSpeedups, Shape, ideal_speedups, kv_bytes, parameter_count
 from qprune.measure.bench import BenchSettings, measure, random_pair, run_bench
 from qprune.ops.prune import prune
@@ -19,7 +17,6 @@ from qprune.plan import Plan
 from qprune.runtime.load import load
 from qprune.runtime.precision import auto_dtype
 
-runner = CliRunner()
 HAND = Shape(hidden=4, intermediate=8, layers=2, heads=2, kv_heads=1, head_dim=2, vocab=10, tied=False)
 TINY = Shape(hidden=64, intermediate=96, layers=4, heads=4, kv_heads=2, head_dim=16, vocab=96, tied=True)
 QUICK = BenchSettings(prompt_len=8, new_tokens=3, batches=(1, 2), repeats=2, warmup=1)
@@ -77,10 +74,11 @@ def test_kv_bytes_scale_exactly_with_kept_attention_layers():
             assert row[side]["peak_bytes"] >= row[side]["param_bytes"]
 
 
+@pytest.mark.slow
 def test_bench_checkpoints_json(untied_base, tmp_path):
     prune(str(untied_base), tmp_path / "p", Plan(attn=(1,), mlp=(2, 3)))
     args = ["bench", str(tmp_path / "p"), "--base", str(untied_base), "--prompt-len", "8", "--new-tokens", "3"]
-    result = runner.invoke(app, [*args, "--batch", "1,3", "--repeats", "2", "--json", "--no-progress"])
+    result = cli(*args, "--batch", "1,3", "--repeats", "2", "--json", "--no-progress")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for key in ("prefill_speedup", "decode_speedup", "ideal_prefill_speedup", "ideal_decode_speedup"):
@@ -96,7 +94,7 @@ def test_bench_checkpoints_json(untied_base, tmp_path):
         ideal_speedups(Shape.from_config(load(untied_base).config), Plan(), Plan(attn=(1,), mlp=(2, 3)), 1, 8, 3).decode
     )
 
-    table = runner.invoke(app, [*args, "--repeats", "1", "--warmup", "0", "--no-progress"])
+    table = cli(*args, "--repeats", "1", "--warmup", "0", "--no-progress")
     assert table.exit_code == 0 and "decode tok/s" in table.stdout and "KV bytes" in table.stdout
 
 
@@ -129,11 +127,11 @@ def test_bench_shape_uses_the_named_shape(monkeypatch):
 def test_bench_bad_input(args, message):
     if "--device" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA, so --device cuda:0 is valid here")
-    result = runner.invoke(app, ["bench", *args])
+    result = cli("bench", *args)
     assert result.exit_code == 2 and message in result.output
 
 
 def test_bench_refuses_a_base_of_another_shape(untied_base, tmp_path):
     other = save_tiny_qwen3(tmp_path / "three", num_layers=3)
-    result = runner.invoke(app, ["bench", str(untied_base), "--base", str(other)])
+    result = cli("bench", str(untied_base), "--base", str(other))
     assert result.exit_code == 2 and "are not the same Qwen3 shape" in result.output

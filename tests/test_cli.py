@@ -3,21 +3,22 @@
 import subprocess
 import sys
 
-from typer.testing import CliRunner
+from conftest import cli
 
-from qprune.cli.app import app
 from qprune.cli.demo import default_block_count
 from qprune.cli.options import parse_size
 from qprune.shipped import EMBEDDED_MODEL
-
-runner = CliRunner()
 
 
 def test_help_does_not_import_torch_or_transformers():
     code = "import sys, qprune.cli.app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    assert runner.invoke(app, ["--help"]).exit_code == 0
+    result = cli("--help")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: ") and "Commands:" in result.output
+    listed = result.output.split("Commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert {line.split()[0] for line in listed} >= {"prune", "scan", "verify", "info", "eval", "generate", "heal"}
 
 
 def test_parse_size():
@@ -35,7 +36,7 @@ def test_generate():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     args = ["generate", str(EMBEDDED_MODEL), "--prompt", "The list type", "--max-new-tokens", "8", "--dtype", "float32"]
-    result = runner.invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
 
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL)

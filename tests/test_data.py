@@ -5,10 +5,9 @@ import sys
 
 import pytest
 import torch
+from conftest import cli
 from transformers import AutoTokenizer
-from typer.testing import CliRunner
 
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.measure.data import CALIBRATION_TEXT, HELDOUT_TEXT, DataSpec, load_token_batches
 from qprune.shipped import EMBEDDED_MODEL
@@ -101,6 +100,6 @@ def test_other_bad_inputs(tmp_path, tokenizer, monkeypatch):
 
 def test_cli_reports_bad_data_in_one_line(tmp_path):
     (tmp_path / "data.csv").write_text("a,b\n")
-    result = CliRunner().invoke(app, ["scan", str(EMBEDDED_MODEL), "--data", str(tmp_path / "data.csv")])
+    result = cli("scan", str(EMBEDDED_MODEL), "--data", str(tmp_path / "data.csv"))
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: data file") and "Traceback" not in result.output

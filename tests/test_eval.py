@@ -9,18 +9,14 @@ import sys
 
 import pytest
 import torch
-from conftest import VOCAB, oracle, save_tiny_qwen3
-from typer.testing import CliRunner
+from conftest import VOCAB, cli, oracle, save_tiny_qwen3
 
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.measure.evaluate import perplexity, windows
 from qprune.ops.prune import prune
 from qprune.plan import Plan
 from qprune.runtime.load import load
 from qprune.shipped import EMBEDDED_MODEL
-
-runner = CliRunner()
 
 
 @pytest.mark.parametrize(("total", "seq_len", "stride"), [(300, 64, 24), (64, 64, 32), (10, 64, 16), (129, 32, 31)])
@@ -77,12 +73,13 @@ def pruned_embedded(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_eval_cli_side_by_side(pruned_embedded, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The list type\n\n  def main():\n")
     common = ["--max-tokens", "1500", "--seq-len", "256", "--stride", "128", "--no-progress"]
-    result = runner.invoke(
-        app, ["eval", str(pruned_embedded), "--base", str(EMBEDDED_MODEL), "--prompts", str(prompts), "--json", *common]
+    result = cli(
+        "eval", str(pruned_embedded), "--base", str(EMBEDDED_MODEL), "--prompts", str(prompts), "--json", *common
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -93,7 +90,7 @@ def test_eval_cli_side_by_side(pruned_embedded, tmp_path):
     assert [g["prompt"] for g in report["generations"]] == ["The list type", "def main():"]
     assert all(g["model"] and g["base"] for g in report["generations"])
 
-    table = runner.invoke(app, ["eval", str(pruned_embedded), "--base", str(EMBEDDED_MODEL), *common])
+    table = cli("eval", str(pruned_embedded), "--base", str(EMBEDDED_MODEL), *common)
     assert table.exit_code == 0 and f"{model:10.3f}" in table.stdout and "change" in table.stdout
 
 
@@ -110,7 +107,7 @@ def test_eval_cli_side_by_side(pruned_embedded, tmp_path):
     ],
 )
 def test_eval_bad_input(pruned_embedded, args, message):
-    result = runner.invoke(app, ["eval", str(pruned_embedded), "--no-progress", *args])
+    result = cli("eval", str(pruned_embedded), "--no-progress", *args)
     assert result.exit_code == 2 and message in result.output
 
 
@@ -124,10 +121,11 @@ def test_eval_refuses_a_base_with_another_vocabulary(pruned_embedded, tmp_path):
 
 def test_eval_refuses_an_empty_prompts_file(pruned_embedded, tmp_path):
     (tmp_path / "p.txt").write_text("\n \n")
-    result = runner.invoke(app, ["eval", str(pruned_embedded), "--prompts", str(tmp_path / "p.txt")])
+    result = cli("eval", str(pruned_embedded), "--prompts", str(tmp_path / "p.txt"))
     assert result.exit_code == 2 and "holds no prompts" in result.output
 
 
+@pytest.mark.slow
 def test_eval_in_a_fresh_process_asks_nothing(pruned_embedded):
     # The tokenizer of a pruned checkpoint reads its config, which names remote code; unregistered,
     # transformers would stop and ask whether to run it.

@@ -7,12 +7,10 @@ import json
 
 import pytest
 import torch
-from conftest import oracle, save_tiny_qwen3, token_batch
+from conftest import cli, oracle, save_tiny_qwen3, token_batch
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
 import qprune
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.ops.export import export
 from qprune.plan import Plan
@@ -79,7 +77,7 @@ def test_zero_blocks_keep_the_dtype_and_the_card_states_the_cost(tmp_path):
     base = save_tiny_qwen3(tmp_path / "base", dtype=torch.bfloat16, max_shard_size="10MB")
     slim = tmp_path / "slim"
     qprune.prune(str(base), slim, Plan(attn=(0, 1), mlp=(1,)))
-    result = CliRunner().invoke(app, ["export", str(slim), str(tmp_path / "stock")])
+    result = cli("export", str(slim), str(tmp_path / "stock"))
     assert result.exit_code == 0, result.output
     assert "ideal decode speedup" in result.output and "zero-filled" in result.output
     from safetensors import safe_open
@@ -100,11 +98,13 @@ def test_export_refuses_bad_input(untied_base, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    result = CliRunner().invoke(app, ["export", str(slim), str(taken)])
+    result = cli("export", str(slim), str(taken))
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "--force" in result.output
     assert (taken / "keep.txt").read_text() == "mine"
-    assert CliRunner().invoke(app, ["export", str(slim), str(taken), "--force"]).exit_code == 0
+    result = cli("export", slim, taken, "--force")
+    assert result.exit_code == 0, result.output
     assert not (taken / "keep.txt").exists()
+    assert json.loads((taken / "config.json").read_text())["model_type"] == "qwen3"  # the stock export, written
 
     sliding = tmp_path / "sliding"
     qprune.prune(str(untied_base), sliding, Plan(mlp=(1,)))

@@ -9,23 +9,16 @@ import re
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import cli
 
 import qprune
 from qprune import progress
-from qprune.cli.app import app
 from qprune.cli.demo import free_output_dir
 from qprune.io.source import portable_name
 from qprune.plan import Plan
 from qprune.runtime import precision
 from qprune.runtime.precision import auto_dtype, resolve_auto
 from qprune.shipped import EMBEDDED_MODEL
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _cpu(monkeypatch, machine="x86_64", amx=False, avx512_bf16=False, cuda=None):
@@ -73,7 +66,7 @@ def test_auto_dtype_on_arm_reads_the_cpu_features(monkeypatch, flags, native):
 
 
 def test_version():
-    result = invoke("--version")
+    result = cli("--version")
     assert result.exit_code == 0 and re.fullmatch(r"qprune \d+\.\d+\.\d+\S*\n", result.output)
 
 
@@ -124,25 +117,26 @@ def test_every_command_is_quiet_with_q_and_reports_progress_without(tmp_path, pr
     monkeypatch.setattr(progress, "PLAIN_INTERVAL", 0.0)  # a line after every step: the slow-run behaviour
     _cpu(monkeypatch)  # the dtype line reads the same on any CI machine
     args = _commands(tmp_path, pruned_embedded)[command]
-    quiet = invoke(*args, "-q")
+    quiet = cli(*args, "-q")
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == "", quiet.stderr
     for path in (tmp_path / "plain", tmp_path / "auto"):  # written by the quiet run: rerun into fresh dirs
         if path.exists():
             path.rename(path.with_name(path.name + "-quiet"))
-    loud = invoke(*args)
+    loud = cli(*args)
     assert loud.exit_code == 0, loud.output
     assert "\r" not in loud.stderr and "Loading weights" not in loud.stderr  # no bars off a terminal
     for expected in EXPECTED_PROGRESS.get(command, []):
         assert expected in loud.stderr, loud.stderr
 
 
+@pytest.mark.slow
 def test_demo_keeps_its_output_and_says_where(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "qprune-demo").mkdir()
     (tmp_path / "qprune-demo" / "mine.txt").write_text("an earlier run, or someone's files")
     assert str(free_output_dir()) == "qprune-demo-2"
-    result = invoke("demo", "-q")
+    result = cli("demo", "-q")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert result.output.startswith("qprune demo: choose 2 of 12 blocks of the embedded Qwen3")
@@ -158,7 +152,7 @@ def test_cards_and_configs_name_the_base_portably(tmp_path, untied_base):
     qprune.prune(str(untied_base), out, Plan(attn=(1,)))
     card, config = (out / "README.md").read_text(), json.loads((out / "config.json").read_text())
     assert str(untied_base.parent) not in card and config["qprune_base_model"] == untied_base.name
-    assert "pruned from:      base" in invoke("info", out).output
+    assert "pruned from:      base" in cli("info", out).output
     cached = tmp_path / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / "0123abc"
     cached.mkdir(parents=True)
     assert portable_name(str(cached)) == "Qwen/Qwen3-0.6B"

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, cli
 
 import qprune
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.healing.distill import HealSettings, heal
 from qprune.healing.kd import kd_loss
@@ -26,7 +25,6 @@ from qprune.plan import Plan
 from qprune.shipped import EMBEDDED_MODEL
 
 peft = pytest.importorskip("peft", reason="peft is in the test extra; without it LoRA cannot be tested")
-runner = CliRunner()
 QUICK = HealSettings(tokens=4096, seq_len=64, batch_size=4, lr=1e-3, eval_tokens=2000)
 
 
@@ -50,6 +48,7 @@ def files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
+@pytest.mark.slow
 def test_heal_improves_and_writes_an_exact_slim_checkpoint(tmp_path, pruned, text):
     before = files(pruned)
     result = heal(str(pruned), tmp_path / "healed", QUICK, base=str(EMBEDDED_MODEL), data=DataSpec(str(text)))
@@ -68,13 +67,14 @@ def test_heal_improves_and_writes_an_exact_slim_checkpoint(tmp_path, pruned, tex
     assert "self-oracle" in checks["self"].detail  # exact against stock Qwen3 holding its own tensors
 
 
+@pytest.mark.slow
 def test_heal_cli_lora_and_last_layers(tmp_path, pruned, text):
     common = ["--base", EMBEDDED_MODEL, "--data", text, "--tokens", "2048", "--seq-len", "64", "--batch-size", "4"]
     common += ["--eval-tokens", "1000", "-q"]
-    lora = runner.invoke(app, ["heal", str(pruned), str(tmp_path / "lora"), "--lora", "4", *map(str, common)])
+    lora = cli("heal", str(pruned), str(tmp_path / "lora"), "--lora", "4", *map(str, common))
     assert lora.exit_code == 0, lora.output
     assert "LoRA rank 4 on the kept Linears" in lora.output and lora.stderr == ""
-    last = runner.invoke(app, ["heal", str(pruned), str(tmp_path / "last"), "--last-layers", "1", *map(str, common)])
+    last = cli("heal", str(pruned), str(tmp_path / "last"), "--last-layers", "1", *map(str, common))
     assert last.exit_code == 0, last.output
     report = json.loads((tmp_path / "last" / "qprune_heal.json").read_text())
     assert report["trainable"].startswith("the last 1 layers")
@@ -114,6 +114,7 @@ def test_usual_lora_target_names_work_with_exclude_modules(pruned):
     assert len(wrapped) == 5  # layer 4's attention is pruned: 5 of 6 layers have a q_proj
 
 
+@pytest.mark.slow
 def test_teacher_cache_is_exact_kd_at_full_vocabulary(tmp_path, pruned, text):
     logits = torch.randn(2, 7, 11)
     teacher = torch.log_softmax(torch.randn(2, 7, 11), -1)
@@ -165,28 +166,25 @@ def test_bad_heal_input_is_one_line(tmp_path, pruned, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for case, (args, message) in cases.items():
         source = moved if case == "no base recorded" else pruned
-        result = runner.invoke(app, ["heal", str(source), str(tmp_path / "out"), *map(str, args)])
-        assert result.exit_code == 2, (case, result.output)
-        one_line = result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
-        assert one_line, (case, result.output)
-        assert message in result.output, (case, result.output)
+        assert_one_line_error(cli("heal", source, tmp_path / "out", *args), message)
         assert not (tmp_path / "out").exists(), case
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("x")
-    result = runner.invoke(app, ["heal", str(pruned), str(tmp_path / "out"), "--base", str(EMBEDDED_MODEL)])
-    assert result.exit_code == 2 and "--force" in result.output
+    assert_one_line_error(cli("heal", pruned, tmp_path / "out", "--base", EMBEDDED_MODEL), "--force")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]  # not ours: left as it was
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(QpruneError, match=r"needs peft: pip install peft"):
         heal(str(pruned), tmp_path / "new", HealSettings(lora=4), base=str(EMBEDDED_MODEL))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+@pytest.mark.slow
 def test_two_process_data_parallel_heal_equals_one_process(tmp_path, pruned, text):
     """torchrun with 2 CPU processes (gloo DDP, 2 sequences each) against one process with the same 4
     sequences per step: DDP averages the two halves' gradients, which is the full batch's gradient."""
     common = ["heal", str(pruned), "--base", str(EMBEDDED_MODEL), "--data", str(text), "--tokens", "1024"]
     common += ["--seq-len", "64", "--eval-tokens", "500", "--lr", "1e-3", "-q"]
-    one = runner.invoke(app, [*common[:2], str(tmp_path / "one"), *common[2:], "--batch-size", "4"])
+    one = cli(*common[:2], str(tmp_path / "one"), *common[2:], "--batch-size", "4")
     assert one.exit_code == 0, one.output
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",

@@ -11,60 +11,24 @@ in a model; oversized ranges. More on checkpoints read and written: tests/test_h
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, cli, edit_config, edit_header, edit_json, leftovers, run_driver, snapshot
 
 import qprune
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.io.safetensors import read_checkpoint
 from qprune.plan import Plan
 
-runner = CliRunner()
 INDEX = "model.safetensors.index.json"
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def snapshot(path: Path) -> dict[str, str]:
-    """Every entry under `path` with the hash of its bytes (symlinked directories are not entered):
-    what "unchanged" means here."""
-    entries = {}
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            entry = Path(root) / name
-            key = str(entry.relative_to(path))
-            if entry.is_symlink():
-                entries[key] = f"link to {os.readlink(entry)}"
-            elif entry.is_file():
-                entries[key] = hashlib.sha256(entry.read_bytes()).hexdigest()
-            else:
-                entries[key] = "directory"
-    return entries
-
-
-def assert_one_line_error(result, message: str, exit_code: int = 2) -> None:
-    assert result.exit_code == exit_code, result.output
-    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1, result.output
-    assert message in result.output, result.output
-    assert "Traceback" not in result.output
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.rglob("*") if p.name.endswith(".partial"))
 
 
 @pytest.fixture
@@ -156,23 +120,12 @@ def _shards(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("model-*.safetensors"))
 
 
-def _edit_header(path: Path, edit) -> None:
-    """Rewrite a shard's JSON header with `edit(header)`, keeping its data bytes."""
-    raw = path.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    header = edit(header) or header
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length :])
-
-
 def _set_first(key, value_of):
     def edit(header):
         info = min((v for k, v in header.items() if k != "__metadata__"), key=lambda v: v["data_offsets"][0])
         info[key] = value_of(info)
 
-    return lambda model_dir: _edit_header(_shards(model_dir)[0], edit)
+    return lambda model_dir: edit_header(_shards(model_dir)[0], edit)
 
 
 def _shift_later_tensors(model_dir: Path) -> None:
@@ -181,17 +134,7 @@ def _shift_later_tensors(model_dir: Path) -> None:
         for info in infos[1:]:
             info["data_offsets"] = [o - 4 for o in info["data_offsets"]]
 
-    _edit_header(_shards(model_dir)[0], edit)
-
-
-def _edit_json(name: str, edit):
-    def damage(model_dir: Path) -> None:
-        path = model_dir / name
-        data = json.loads(path.read_text())
-        data = edit(data)
-        path.write_text(json.dumps(data))
-
-    return damage
+    edit_header(_shards(model_dir)[0], edit)
 
 
 def _map_first(value):
@@ -200,11 +143,7 @@ def _map_first(value):
         index["weight_map"][first] = value
         return index
 
-    return _edit_json(INDEX, edit)
-
-
-def _config(**fields):
-    return _edit_json("config.json", lambda config: {**config, **fields})
+    return edit_json(INDEX, edit)
 
 
 def _duplicate_tensor(model_dir: Path) -> None:
@@ -215,7 +154,7 @@ def _duplicate_tensor(model_dir: Path) -> None:
         old = next(k for k in header if k != "__metadata__")
         header[name_in_last] = header.pop(old)
 
-    _edit_header(_shards(model_dir)[0], edit)
+    edit_header(_shards(model_dir)[0], edit)
 
 
 DAMAGED = {
@@ -232,50 +171,53 @@ DAMAGED = {
     "reversed offsets": (_set_first("data_offsets", lambda i: i["data_offsets"][::-1]), "invalid data_offsets"),
     "shape of the wrong type": (_set_first("shape", lambda i: "64"), "invalid shape '64'"),
     "overlapping tensors": (_shift_later_tensors, "overlaps the tensor before it"),
-    "header is a list": (lambda d: _edit_header(_shards(d)[0], lambda h: [1, 2]), "not a JSON object"),
-    "metadata is a list": (lambda d: _edit_header(_shards(d)[0], lambda h: {**h, "__metadata__": []}), "__metadata__"),
+    "header is a list": (lambda d: edit_header(_shards(d)[0], lambda h: [1, 2]), "not a JSON object"),
+    "metadata is a list": (lambda d: edit_header(_shards(d)[0], lambda h: {**h, "__metadata__": []}), "__metadata__"),
     "tensor stored twice": (_duplicate_tensor, "is stored twice"),
     # the shard index
     "empty weight map": (
-        _edit_json("model.safetensors.index.json", lambda i: {**i, "weight_map": {}}),
+        edit_json("model.safetensors.index.json", lambda i: {**i, "weight_map": {}}),
         "lists no tensors",
     ),
-    "index is a list": (_edit_json("model.safetensors.index.json", lambda i: [i]), "no weight_map object"),
-    "weight map is a list": (_edit_json("model.safetensors.index.json", lambda i: {"weight_map": []}), "no weight_map"),
+    "index is a list": (edit_json("model.safetensors.index.json", lambda i: [i]), "no weight_map object"),
+    "weight map is a list": (edit_json("model.safetensors.index.json", lambda i: {"weight_map": []}), "no weight_map"),
     "shard name null": (_map_first(None), "to None, which is not a file name"),
     "shard name a number": (_map_first(3), "to 3, which is not a file name"),
     "shard outside the model": (_map_first("../elsewhere/model.safetensors"), "which is not a file name in the model"),
     # config.json
-    "config is a list": (_edit_json("config.json", lambda c: [c]), "is not a JSON object"),
+    "config is a list": (edit_json("config.json", lambda c: [c]), "is not a JSON object"),
     "config is not JSON": (lambda d: (d / "config.json").write_text("{not json"), "is not valid JSON"),
-    "layers a string": (_config(num_hidden_layers="4"), "no valid num_hidden_layers"),
-    "layers a boolean": (_config(num_hidden_layers=True), "no valid num_hidden_layers"),
-    "layers zero": (_config(num_hidden_layers=0), "no valid num_hidden_layers"),
-    "hidden size a string": (_config(hidden_size="64"), "hidden_size must be a positive integer"),
-    "tie flag a string": (_config(tie_word_embeddings="yes"), "tie_word_embeddings must be true or false"),
-    "model type a list": (_config(model_type=["qwen3"]), "model of unknown type"),
-    "more layers than the weights": (_config(num_hidden_layers=6), "lacks the tensor model.layers.4."),
-    "fewer layers than the weights": (_config(num_hidden_layers=3), "of layer 3, but its config.json says it has 3"),
-    "shapes disagree with the config": (_config(intermediate_size=97), "but config.json implies [97, 64]"),
+    "layers a string": (edit_config(num_hidden_layers="4"), "no valid num_hidden_layers"),
+    "layers a boolean": (edit_config(num_hidden_layers=True), "no valid num_hidden_layers"),
+    "layers zero": (edit_config(num_hidden_layers=0), "no valid num_hidden_layers"),
+    "hidden size a string": (edit_config(hidden_size="64"), "hidden_size must be a positive integer"),
+    "tie flag a string": (edit_config(tie_word_embeddings="yes"), "tie_word_embeddings must be true or false"),
+    "model type a list": (edit_config(model_type=["qwen3"]), "model of unknown type"),
+    "more layers than the weights": (edit_config(num_hidden_layers=6), "lacks the tensor model.layers.4."),
+    "fewer layers than the weights": (
+        edit_config(num_hidden_layers=3),
+        "of layer 3, but its config.json says it has 3",
+    ),
+    "shapes disagree with the config": (edit_config(intermediate_size=97), "but config.json implies [97, 64]"),
     # a stored plan
-    "plan unsorted": (_config(pruned_attn_layers=[3, 1]), "pruned_attn_layers must be a sorted list"),
-    "plan out of range": (_config(pruned_mlp_layers=[9]), "pruned_mlp_layers must be a sorted list"),
-    "plan a string": (_config(pruned_attn_layers="1"), "pruned_attn_layers must be a sorted list"),
-    "plan repeats a layer": (_config(pruned_mlp_layers=[1, 1]), "distinct layer numbers in 0..3"),
-    "plan holds booleans": (_config(pruned_mlp_layers=[True]), "pruned_mlp_layers must be a sorted list"),
-    "plan null": (_config(pruned_attn_layers=None), "pruned_attn_layers must be a sorted list"),
-    "plan an object": (_config(pruned_mlp_layers={"2": True}), "pruned_mlp_layers must be a sorted list"),
-    "plan of floats": (_config(pruned_attn_layers=[1.0]), "pruned_attn_layers must be a sorted list"),
-    "plan negative": (_config(pruned_mlp_layers=[-1]), "pruned_mlp_layers must be a sorted list"),
+    "plan unsorted": (edit_config(pruned_attn_layers=[3, 1]), "pruned_attn_layers must be a sorted list"),
+    "plan out of range": (edit_config(pruned_mlp_layers=[9]), "pruned_mlp_layers must be a sorted list"),
+    "plan a string": (edit_config(pruned_attn_layers="1"), "pruned_attn_layers must be a sorted list"),
+    "plan repeats a layer": (edit_config(pruned_mlp_layers=[1, 1]), "distinct layer numbers in 0..3"),
+    "plan holds booleans": (edit_config(pruned_mlp_layers=[True]), "pruned_mlp_layers must be a sorted list"),
+    "plan null": (edit_config(pruned_attn_layers=None), "pruned_attn_layers must be a sorted list"),
+    "plan an object": (edit_config(pruned_mlp_layers={"2": True}), "pruned_mlp_layers must be a sorted list"),
+    "plan of floats": (edit_config(pruned_attn_layers=[1.0]), "pruned_attn_layers must be a sorted list"),
+    "plan negative": (edit_config(pruned_mlp_layers=[-1]), "pruned_mlp_layers must be a sorted list"),
     "layer types of the wrong length": (
-        _config(layer_types=["full_attention"] * 3),
+        edit_config(layer_types=["full_attention"] * 3),
         "layer_types must be a list of 4 strings",
     ),
-    "norm epsilon a string": (_config(rms_norm_eps="1e-6"), "rms_norm_eps must be a positive number"),
+    "norm epsilon a string": (edit_config(rms_norm_eps="1e-6"), "rms_norm_eps must be a positive number"),
     # the weights
     "weights stored as int32": (_set_first("dtype", lambda i: "I32"), "is stored as I32, not a floating-point dtype"),
     "tensors of blocks the plan prunes": (
-        _config(pruned_attn_layers=[1]),
+        edit_config(pruned_attn_layers=[1]),
         "(and 6 more) of blocks its plan prunes (attention of layer 1)",
     ),
 }
@@ -329,27 +271,6 @@ def test_a_pruned_source_keeps_pruning(tmp_path, pruned_src):
 # -- output faults ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mount(tmp_path):
-    """mount(options) -> a fresh tmpfs directory; needs root (and a kernel that lets us mount)."""
-    mounted = []
-
-    def make(options: str) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs to fake a full or read-only disk needs root")
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
 def test_read_only_filesystem(src, mount):
     read_only = mount("size=1m,ro")
     before = snapshot(src)
@@ -384,53 +305,18 @@ def test_symlinked_output_is_written_through(tmp_path, src):
     target.mkdir()
     link = tmp_path / "link"
     link.symlink_to(target, target_is_directory=True)
-    assert cli("prune", src, link, "--attn", "1").exit_code == 0
-    assert link.is_symlink() and (target / "config.json").exists()
+    result = cli("prune", src, link, "--attn", "1")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and json.loads(cli("info", target, "--json").output)["attn"] == [1]
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "not-yet")
-    assert cli("prune", src, dangling, "--attn", "1").exit_code == 0
-    assert (tmp_path / "not-yet" / "config.json").exists()
+    result = cli("prune", src, dangling, "--attn", "1")
+    assert result.exit_code == 0, result.output
+    assert dangling.is_symlink() and json.loads(cli("info", tmp_path / "not-yet", "--json").output)["attn"] == [1]
     assert not leftovers(tmp_path)
 
 
 # -- signals, kills and concurrent runs --------------------------------------------------------------
-
-# Runs the CLI in a child process whose third copied tensor first does `ACTION`: send itself a
-# signal, or wait until a file appears (to hold the run in the middle of its write).
-DRIVER = """
-import os, signal, sys, time
-from pathlib import Path
-import qprune.io.safetensors as checkpoint
-from qprune.cli.app import main
-
-action, argv = sys.argv[1], sys.argv[2:]
-copy, calls = checkpoint._append_bytes, [0]
-# Ctrl-C as on a terminal: a shell that starts a job in the background (CI) makes it ignore SIGINT
-signal.signal(signal.SIGINT, signal.default_int_handler)
-
-def hooked(*args):
-    calls[0] += 1
-    if calls[0] == 3:
-        if action.startswith("SIG"):
-            os.kill(os.getpid(), getattr(signal, action))
-            time.sleep(5)
-        else:
-            Path(action + ".started").touch()
-            while not Path(action + ".go").exists():
-                time.sleep(0.05)
-    return copy(*args)
-
-checkpoint._append_bytes = hooked
-sys.argv = ["qprune", *argv]
-main()
-"""
-
-
-def run_driver(action: str, *args, wait: bool = True):
-    command = [sys.executable, "-c", DRIVER, action, *map(str, args)]
-    if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])

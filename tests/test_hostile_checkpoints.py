@@ -21,11 +21,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    MOE_PLAN,
+    REMOTE_CODE,
+    assert_one_line_error,
+    cli,
+    edit_config,
+    edit_header,
+    leftovers,
+    run_driver,
+    save_tiny_moe,
+    snapshot,
+)
 from safetensors.torch import load_file, save_file
-from test_hostile import _config, _edit_header, assert_one_line_error, cli, leftovers, run_driver, snapshot
-from test_load import REMOTE_CODE
-from test_moe import PLAN as MOE_PLAN
-from test_moe import save_tiny_moe
 
 import qprune
 import qprune.io.output as output
@@ -133,6 +141,7 @@ def test_pruned_block_tensors_copied_back_are_refused_everywhere(tmp_path, prune
         StreamedModel.open(pruned_copy, torch.float32)
 
 
+@pytest.mark.slow
 def test_pruned_block_tensors_copied_back_are_refused_by_the_remote_code(pruned_copy, untied_base):
     _copy_back(pruned_copy, untied_base, ["model.layers.2.mlp.down_proj.weight"])
     done = _run_remote_code(pruned_copy)
@@ -141,6 +150,7 @@ def test_pruned_block_tensors_copied_back_are_refused_by_the_remote_code(pruned_
     assert "holds model.layers.2.mlp.down_proj.weight of blocks its plan prunes (MLP of layer 2)" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_moe_expert_tensor_copied_back_is_refused_everywhere(tmp_path, moe):
     base, pruned = moe
     damaged = Path(shutil.copytree(pruned, tmp_path / "src"))
@@ -183,7 +193,7 @@ PLAN_DAMAGE = {
 @pytest.mark.parametrize("case", PLAN_DAMAGE)
 def test_a_damaged_config_of_a_pruned_checkpoint_is_refused_by_every_command(tmp_path, pruned_copy, case):
     fields, message = PLAN_DAMAGE[case]
-    _config(**fields)(pruned_copy)
+    edit_config(**fields)(pruned_copy)
     _refused_everywhere(tmp_path, pruned_copy, message)
     assert_one_line_error(cli("generate", pruned_copy, "--prompt", "hi"), message)
 
@@ -207,13 +217,17 @@ def test_moe_fields_are_checked(tmp_path, moe):
         ({"decoder_sparse_step": 0}, "decoder_sparse_step must be a positive integer"),
     ]:
         damaged = Path(shutil.copytree(pruned, tmp_path / "src", dirs_exist_ok=True))
-        _config(**fields)(damaged)
+        edit_config(**fields)(damaged)
         assert_one_line_error(cli("info", damaged), message)
         assert_one_line_error(cli("export", damaged, tmp_path / "stock"), message)
         shutil.rmtree(damaged)
     damaged = Path(shutil.copytree(pruned, tmp_path / "src"))
-    _config(mlp_only_layers=None)(damaged)  # stock semantics: null is none (its one dense layer is pruned anyway)
-    assert cli("info", damaged).exit_code == 0
+    edit_config(mlp_only_layers=None)(damaged)  # stock semantics: null is none (its one dense layer is pruned anyway)
+    result = cli("info", damaged, "--json")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output)
+    assert (facts["attn"], facts["mlp"]) == (list(MOE_PLAN.attn), list(MOE_PLAN.mlp))
+    assert facts["parameters"] == sum(t.numel for t in read_checkpoint(damaged).values())
 
 
 # -- 3. weights of an integer dtype, and weights holding NaN/inf -------------------------------------
@@ -224,14 +238,14 @@ def test_float_weights_stored_as_integers_are_refused(tmp_path, pruned_copy, dty
     name = "model.layers.3.mlp.down_proj.weight"
     entry = read_checkpoint(pruned_copy)[name]
     assert entry.dtype == "F32"
-    _edit_header(entry.file, lambda header: header[name].update(dtype=dtype))  # same size: only the header lies
+    edit_header(entry.file, lambda header: header[name].update(dtype=dtype))  # same size: only the header lies
     _refused_everywhere(tmp_path, pruned_copy, f"{name} is stored as {dtype}, not a floating-point dtype")
 
 
 def test_pre_quantized_checkpoints_are_exempt_from_the_dtype_check(tmp_path, pruned_copy):
     name = "model.layers.3.mlp.down_proj.weight"
-    _edit_header(read_checkpoint(pruned_copy)[name].file, lambda header: header[name].update(dtype="I32"))
-    _config(quantization_config={"quant_method": "bitsandbytes", "load_in_8bit": True})(pruned_copy)
+    edit_header(read_checkpoint(pruned_copy)[name].file, lambda header: header[name].update(dtype="I32"))
+    edit_config(quantization_config={"quant_method": "bitsandbytes", "load_in_8bit": True})(pruned_copy)
     result = cli("info", pruned_copy, "--json")
     assert result.exit_code == 0, result.output
     assert "I32" in json.loads(result.output)["dtypes"]
@@ -287,6 +301,7 @@ def test_a_nan_expert_is_named_as_the_checkpoint_names_it(tmp_path, moe):
 @pytest.mark.parametrize(
     "name", ["model.layers.3.mlp.experts.2.up_proj.weight", "model.layers.0.mlp.experts.1.down_proj.weight"]
 )
+@pytest.mark.slow
 def test_remote_code_names_a_missing_expert_tensor(tmp_path, moe, name):
     _, pruned = moe
     damaged = Path(shutil.copytree(pruned, tmp_path / "src"))

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_hostile import assert_one_line_error, cli
+from conftest import assert_one_line_error, cli
 
 from qprune.errors import QpruneWarning
 from qprune.shipped import EMBEDDED_MODEL
@@ -183,6 +183,7 @@ SPILLING = ["--max-memory", "22MB", "--samples", "4", "--seq-len", "64", "--dtyp
 @pytest.mark.parametrize(
     ("signame", "sender"), [("SIGTERM", "external"), ("SIGTERM", "self"), ("SIGHUP", "self"), ("SIGINT", "self")]
 )
+@pytest.mark.slow
 def test_signal_during_a_spilling_scan_leaves_nothing(tmp_path, model, signame, sender):
     child = _run_spilling(tmp_path, "wait" if sender == "external" else signame, "scan", model, *SPILLING)
     if sender == "external":
@@ -194,6 +195,7 @@ def test_signal_during_a_spilling_scan_leaves_nothing(tmp_path, model, signame, 
     assert os.listdir(tmp_path / "tmpdir") == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_spilling_auto_prune_leaves_nothing(tmp_path, model):
     out = tmp_path / "out"
     child = _run_spilling(tmp_path, "wait", "prune", model, out, "--auto", "--blocks", "2", *SPILLING)
@@ -239,6 +241,7 @@ def test_eval_on_text_shorter_than_a_window_says_so(tmp_path, model):
     ]
 
 
+@pytest.mark.slow
 def test_a_warning_is_one_line_on_stderr(tmp_path, model):
     """Through the real entry point: the line a user reads, with the flag's name."""
     text = tmp_path / "short.txt"
@@ -291,8 +294,11 @@ def test_eval_of_a_short_text_is_not_refused_for_the_context(tmp_path, model):
     text = tmp_path / "t.txt"
     text.write_text("x = [1, 2, 3]\nprint(len(x))\n")  # 18 tokens
     with pytest.warns(QpruneWarning):  # shorter than one window: said, not refused
-        result = cli("eval", short_context, "--data", text, "--seq-len", "64", "--stride", "32", "-q")
+        result = cli("eval", short_context, "--data", text, "--seq-len", "64", "--stride", "32", "-q", "--json")
     assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tokens"] == 17, report  # every token after the first, in one window within the 32 positions
+    assert 1 < report["model"]["perplexity"] < float("inf"), report
     text.write_text("x = [1, 2, 3]\nprint(len(x))\n" * 3)
     result = cli("eval", short_context, "--data", text, "--seq-len", "64", "--stride", "32", "-q")
     assert_one_line_error(result, "--seq-len 64 is longer than the context of")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_hostile import assert_one_line_error, cli, leftovers, mount, snapshot  # noqa: F401 (mount: a fixture)
+from conftest import assert_one_line_error, cli, leftovers, run_driver, save_tiny_moe, snapshot, with_embedded_tokenizer
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 import qprune
@@ -42,9 +42,7 @@ def tiny_base(path: Path, *, seed: int = 0, **overrides) -> Path:
     torch.manual_seed(seed)
     config = dict(SHAPE, vocab_size=4096, num_hidden_layers=4, max_position_embeddings=256, eos_token_id=0)
     Qwen3ForCausalLM(Qwen3Config(**(config | overrides))).save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, path / name)
-    return path
+    return with_embedded_tokenizer(path)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +88,7 @@ def read_report(out: Path) -> dict:
 # -- 1. memory and time follow --tokens, never the size of --data ------------------------------------
 
 
+@pytest.mark.slow
 def test_heal_reads_only_what_the_budget_needs(tmp_path, pruned):
     """Data whose tail is broken (invalid JSON, invalid UTF-8) heals: the tail is never read. The
     teacher cache holds exactly the budget's sequences."""
@@ -110,6 +109,7 @@ def test_heal_reads_only_what_the_budget_needs(tmp_path, pruned):
     assert_one_line_error(heal(pruned, tmp_path / "c", "--tokens", "200000", data=txt), "not UTF-8")
 
 
+@pytest.mark.slow
 def test_the_stream_is_what_tokenize_reads(tmp_path, pruned):
     from qprune.runtime.load import load_tokenizer
 
@@ -183,6 +183,7 @@ def test_data_shorter_than_the_budget_is_one_line(tmp_path, pruned):
     assert report["data"]["samples"] < 8 and report["tokens_trained"] == 256
 
 
+@pytest.mark.slow
 def test_a_budget_below_one_step_rounds_up_with_a_warning(tmp_path, pruned, text):
     result, lines = heal_warning_lines(pruned, tmp_path / "out", "--tokens", "10", "-q", data=text)
     assert result.exit_code == 0, result.output
@@ -200,6 +201,7 @@ def test_a_budget_below_one_step_rounds_up_with_a_warning(tmp_path, pruned, text
 # -- 2. the teacher cache ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_teacher_cache_is_reused_only_for_what_made_it(tmp_path, pruned, base, text):
     cache = tmp_path / "cache"
 
@@ -228,6 +230,7 @@ def test_teacher_cache_is_reused_only_for_what_made_it(tmp_path, pruned, base, t
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+@pytest.mark.slow
 def test_a_damaged_cache_is_rebuilt(tmp_path, pruned, text, damage):
     cache = tmp_path / "cache"
     assert heal(pruned, tmp_path / "first", "--teacher-cache", cache, "-q", data=text).exit_code == 0
@@ -277,7 +280,7 @@ def test_teacher_cache_paths_are_checked_before_any_loading(tmp_path, pruned, ba
     assert (snapshot(pruned), snapshot(base)) == before
 
 
-def test_full_disk_for_the_cache_or_the_output_is_one_line(tmp_path, pruned, text, mount):  # noqa: F811
+def test_full_disk_for_the_cache_or_the_output_is_one_line(tmp_path, pruned, text, mount):
     small = mount("size=64k")
     result = heal(pruned, tmp_path / "out", "--teacher-cache", small, "-q", data=text)
     assert_one_line_error(result, "No space left on device")
@@ -292,20 +295,6 @@ def test_full_disk_for_the_cache_or_the_output_is_one_line(tmp_path, pruned, tex
 # -- 3. the teacher must be the student's base --------------------------------------------------------
 
 
-def _moe_base(path: Path) -> Path:
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen3MoeConfig(
-        vocab_size=4096, num_hidden_layers=4, max_position_embeddings=256, num_experts=4, num_experts_per_tok=2,
-        moe_intermediate_size=32, eos_token_id=0, **SHAPE,
-    )  # fmt: skip
-    Qwen3MoeForCausalLM(config).save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, path / name)
-    return path
-
-
 def _other_tokenizer(path: Path, base: Path) -> Path:
     shutil.copytree(base, path)
     tokenizer = json.loads((path / "tokenizer.json").read_text())
@@ -318,7 +307,10 @@ def _other_tokenizer(path: Path, base: Path) -> Path:
 
 def test_a_teacher_of_another_model_is_refused(tmp_path, pruned, base, text):
     teachers = {
-        "Qwen3-MoE": (_moe_base(tmp_path / "moe"), "is a Qwen3-MoE model, the pruned model a Qwen3"),
+        "Qwen3-MoE": (
+            with_embedded_tokenizer(save_tiny_moe(tmp_path / "moe", vocab=4096)),
+            "is a Qwen3-MoE model, the pruned model a Qwen3",
+        ),
         "kv heads": (tiny_base(tmp_path / "kv", num_key_value_heads=4), "num_key_value_heads 4, the pruned model 2"),
         "head_dim": (tiny_base(tmp_path / "hd", head_dim=32), "head_dim 32, the pruned model 16"),
         "tied": (tiny_base(tmp_path / "tied", tie_word_embeddings=True), "tie_word_embeddings True"),
@@ -361,54 +353,14 @@ def test_arguments_are_checked_before_loading(tmp_path, pruned, text, monkeypatc
 
 # -- 5. one run per OUT, and SIGTERM leaves nothing ----------------------------------------------------
 
-# Runs the CLI in a child process; the first time HOOK runs (a training step's loss, or the teacher
-# cache's write) it does ACTION: send itself a signal, or wait until a file appears.
-HEAL_DRIVER = """
-import os, signal, sys, time
-from pathlib import Path
-from qprune.cli.app import main
-
-action, hook, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-signal.signal(signal.SIGINT, signal.default_int_handler)
-done = []
-
-def pause():
-    if done:
-        return
-    done.append(True)
-    if action.startswith("SIG"):
-        os.kill(os.getpid(), getattr(signal, action))
-        time.sleep(5)
-    else:
-        Path(action + ".started").touch()
-        while not Path(action + ".go").exists():
-            time.sleep(0.05)
-
-def hooked(original):
-    def run(*args, **kwargs):
-        pause()
-        return original(*args, **kwargs)
-    return run
-
-if hook == "train":
-    import qprune.healing.kd as kd
-    kd.kd_loss = hooked(kd.kd_loss)
-else:
-    import safetensors.torch
-    safetensors.torch.save_file = hooked(safetensors.torch.save_file)
-sys.argv = ["qprune", *argv]
-main()
-"""
-
 
 def heal_driver(action: str, hook: str, *args, wait: bool = True, env: dict | None = None):
-    command = [sys.executable, "-c", HEAL_DRIVER, action, hook, "heal", *map(str, args), *FAST]
-    environment = os.environ | (env or {}) | {"PYTHONPATH": str(Path(__file__).parent)}
-    if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    """`qprune heal ARGS... FAST` in a child process whose HOOK ("train" or "cache") first does ACTION."""
+    environment = (env or {}) | {"PYTHONPATH": str(Path(__file__).parent)}
+    return run_driver(action, "heal", *args, *FAST, hook=hook, wait=wait, env=environment)
 
 
+@pytest.mark.slow
 def test_a_second_heal_to_the_same_out_fails_at_once(tmp_path, pruned, text):
     out, flag = tmp_path / "out", tmp_path / "flag"
     first = heal_driver(str(flag), "train", pruned, out, "--data", text, "-q", wait=False)
@@ -429,6 +381,7 @@ def test_a_second_heal_to_the_same_out_fails_at_once(tmp_path, pruned, text):
 
 
 @pytest.mark.parametrize("hook", ["train", "cache"])
+@pytest.mark.slow
 def test_sigterm_during_heal_leaves_nothing(tmp_path, pruned, text, hook):
     scratch = tmp_path / "tmpdir"  # the process's TMPDIR: the Trainer's scratch must not stay there
     scratch.mkdir()
@@ -497,6 +450,7 @@ def _load_tokenizers(tmp_path: Path) -> list[subprocess.CompletedProcess]:
     return runs
 
 
+@pytest.mark.slow
 def test_pruned_tokenizer_loads_without_remote_code(tmp_path):
     runs = _load_tokenizers(tmp_path)
     assert runs[0].returncode == runs[1].returncode == 0, runs[1].stderr
@@ -504,6 +458,7 @@ def test_pruned_tokenizer_loads_without_remote_code(tmp_path):
     assert runs[0].stdout.splitlines()[-1] == runs[1].stdout.splitlines()[-1].rpartition("[y/N] ")[2]
 
 
+@pytest.mark.slow
 def test_the_cards_tokenizer_line_asks_no_question(tmp_path):
     """transformers 5 reads config.json before tokenizer_config.json, and the auto_map that lets it load
     the model alone makes a bare AutoTokenizer ask about remote code (15 s on a terminal): the card's

@@ -6,12 +6,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import save_tiny_qwen3, token_batch
-from test_moe import save_tiny_moe
-from typer.testing import CliRunner
+from conftest import cli, save_tiny_moe, save_tiny_qwen3, token_batch
 
 from qprune import load
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.measure.ablation import BlockRunner
 from qprune.measure.data import DataSpec, load_for_measurement
@@ -25,7 +22,6 @@ from qprune.plan import Plan
 from qprune.runtime.streamed import StreamedModel
 from qprune.shipped import EMBEDDED_MODEL
 
-runner = CliRunner()
 BATCH = token_batch(batch=10, length=16)  # micro-batches of 8 and 2
 
 
@@ -139,12 +135,13 @@ def _embedded_copy(tmp_path):
 SMALL = ["--samples", "8", "--seq-len", "256", "--dtype", "float32", "--quiet"]
 
 
+@pytest.mark.slow
 def test_scan_and_auto_prune_cli_with_max_memory(tmp_path):
     """The embedded model's in-memory need is about 96 MB on this data; 60 MB makes it stream and spill."""
     model = _embedded_copy(tmp_path)
-    unlimited = runner.invoke(app, ["scan", str(model), "--json", *SMALL])
+    unlimited = cli("scan", str(model), "--json", *SMALL)
     assert unlimited.exit_code == 0, unlimited.output
-    limited = runner.invoke(app, ["scan", str(model), "--json", "--max-memory", "60MB", *SMALL])
+    limited = cli("scan", str(model), "--json", "--max-memory", "60MB", *SMALL)
     assert limited.exit_code == 0, limited.output
     first, second = json.loads(unlimited.stdout), json.loads(limited.stdout)
     assert second["max_memory"] == 60 * 10**6 and "max_memory" not in first
@@ -153,19 +150,20 @@ def test_scan_and_auto_prune_cli_with_max_memory(tmp_path):
     plans = []
     for name, extra in (("a", []), ("b", ["--max-memory", "60MB"])):
         args = ["prune", str(model), str(tmp_path / name), "--auto", "--blocks", "2", *SMALL, *extra]
-        done = runner.invoke(app, args)
+        done = cli(*args)
         assert done.exit_code == 0, done.output
         plans.append(json.loads((tmp_path / name / "qprune_search.json").read_text())["plan"])
     assert plans[0] == plans[1]
 
 
+@pytest.mark.slow
 def test_memory_plan_is_printed_and_a_model_that_fits_stays_in_memory(tmp_path):
     model = _embedded_copy(tmp_path)
     args = ["scan", str(model), "--samples", "4", "--seq-len", "64", "--dtype", "float32"]
-    streamed = runner.invoke(app, [*args, "--max-memory", "22MB"])
+    streamed = cli(*args, "--max-memory", "22MB")
     assert streamed.exit_code == 0, streamed.output
     assert "memory plan: 22.00 MB" in streamed.stderr and "on disk" in streamed.stderr
-    fits = runner.invoke(app, [*args, "--max-memory", "1GB"])
+    fits = cli(*args, "--max-memory", "1GB")
     assert fits.exit_code == 0 and "fit in 1.00 GB: measuring in memory" in fits.stderr
 
 
@@ -193,22 +191,23 @@ def test_too_large_for_available_memory_goes_layer_by_layer(tmp_path, monkeypatc
 def test_max_memory_bad_input(tmp_path, args, message):
     model = _embedded_copy(tmp_path)
     args = [a.format(model=model, out=tmp_path / "out") for a in args] + ["--quiet"]
-    result = runner.invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1  # one line
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_eval_perplexity_layer_by_layer_is_the_same(tmp_path):
     model = _embedded_copy(tmp_path)
     args = ["eval", str(model), "--seq-len", "128", "--stride", "64", "--max-tokens", "700", "--dtype", "float32"]
-    whole = runner.invoke(app, [*args, "--json", "--quiet"])
-    layered = runner.invoke(app, [*args, "--json", "--max-memory", "40MB"])
+    whole = cli(*args, "--json", "--quiet")
+    layered = cli(*args, "--json", "--max-memory", "40MB")
     assert whole.exit_code == 0 and layered.exit_code == 0, layered.output
     assert "memory plan: 40.00 MB" in layered.stderr
     first, second = json.loads(whole.stdout), json.loads(layered.stdout)
     assert first["model"] == second["model"]  # perplexity and parameter bytes
-    refused = runner.invoke(app, [*args, "--max-memory", "40MB", "--check-overflow", "--quiet"])
+    refused = cli(*args, "--max-memory", "40MB", "--check-overflow", "--quiet")
     assert refused.exit_code == 2 and "--check-overflow needs the whole model in memory" in refused.stderr
-    refused = runner.invoke(app, [*args, "--max-memory", "40MB", "--quantize", "int8", "--quiet"])
+    refused = cli(*args, "--max-memory", "40MB", "--quantize", "int8", "--quiet")
     assert refused.exit_code == 2 and "--quantize loads the whole model" in refused.stderr

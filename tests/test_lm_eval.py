@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
-import torch
-from transformers import Qwen3ForCausalLM
+from conftest import oracle, with_embedded_tokenizer
 
 from qprune.ops.prune import prune
 from qprune.plan import Plan
@@ -83,17 +81,11 @@ def write_task(directory) -> None:
 
 
 def save_oracle(path, plan: Plan) -> None:
-    model = Qwen3ForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32)
-    with torch.no_grad():
-        for i in plan.attn:
-            model.model.layers[i].self_attn.o_proj.weight.zero_()
-        for i in plan.mlp:
-            model.model.layers[i].mlp.down_proj.weight.zero_()
-    model.save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, path / name)
+    oracle(EMBEDDED_MODEL, plan).save_pretrained(path)
+    with_embedded_tokenizer(path)
 
 
+@pytest.mark.slow
 def test_lm_eval_scores_a_pruned_checkpoint_like_the_oracle(tmp_path):
     plan = Plan(attn=(1, 3), mlp=(4,))
     prune(str(EMBEDDED_MODEL), tmp_path / "pruned", plan)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import oracle, token_batch
+from conftest import REMOTE_CODE, oracle, token_batch
 from safetensors.torch import load_file, save_file
 
 import qprune
@@ -21,28 +21,6 @@ from qprune.plan import Plan
 from qprune.runtime.load import load_config
 
 PLAN = Plan(attn=(0, 3), mlp=(1,))
-
-# Runs where qprune cannot be imported: only transformers and the code inside the checkpoint.
-REMOTE_CODE = """
-import json, sys
-sys.modules["qprune"] = None  # make `import qprune` fail
-try:
-    import qprune
-    raise SystemExit("qprune is importable")
-except ImportError:
-    pass
-import torch
-from transformers import AutoModelForCausalLM
-from transformers.utils import logging
-import re
-import shutil
-logging.set_verbosity_info()
-path, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
-model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
-assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-with torch.no_grad():
-    print("LOGITS", json.dumps(model(ids).logits.tolist()))
-"""
 
 
 @pytest.fixture
@@ -61,6 +39,7 @@ def _run_remote_code(path):
     )
 
 
+@pytest.mark.slow
 def test_remote_code_path_without_qprune(pruned, base):
     proc = _run_remote_code(pruned)
     assert proc.returncode == 0, proc.stderr
@@ -104,6 +83,7 @@ def _drop_tensor(checkpoint, name):
 KEPT = "model.layers.2.mlp.down_proj.weight"
 
 
+@pytest.mark.slow
 def test_missing_kept_tensor_is_an_error_on_every_path(pruned):
     _drop_tensor(pruned, KEPT)
     with pytest.raises(QpruneError, match=KEPT):

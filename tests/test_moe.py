@@ -15,80 +15,31 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_load import REMOTE_CODE
-from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-from typer.testing import CliRunner
+from conftest import (
+    MOE_DENSE_LAYER,
+    MOE_PLAN,
+    REMOTE_CODE,
+    assert_one_line_error,
+    cli,
+    edit_config,
+    moe_oracle,
+    save_tiny_moe,
+    tiny_moe_config,
+    token_batch,
+    with_embedded_tokenizer,
+)
+from transformers import Qwen3MoeForCausalLM
 
 import qprune
-from qprune.arch import family_of
+from qprune.arch import FAMILIES, family_of
 from qprune.arch.qwen3_moe import QWEN3_MOE
-from qprune.cli.app import app
 from qprune.cost import Shape, block_parameters, ideal_speedups, parameter_count, shape_named
 from qprune.errors import QpruneError
 from qprune.io.safetensors import read_checkpoint
+from qprune.io.source import open_checkpoint
 from qprune.measure.bench import BenchSettings, run_bench
 from qprune.measure.verify import verify
 from qprune.plan import Plan
-from qprune.shipped import EMBEDDED_MODEL
-
-VOCAB = 96
-DENSE_LAYER = 2  # in mlp_only_layers: a dense MLP among sparse MoE blocks
-PLAN = Plan(attn=(0, 3), mlp=(1, DENSE_LAYER))  # layer 0's attention (the KV-cache trap); a sparse and a dense MLP
-runner = CliRunner()
-
-
-def tiny_moe_config(tied: bool = False, vocab: int = VOCAB, **overrides) -> Qwen3MoeConfig:
-    fields = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=96,
-        moe_intermediate_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=4,
-        num_experts_per_tok=2,
-        norm_topk_prob=True,
-        mlp_only_layers=[DENSE_LAYER],
-        max_position_embeddings=256,
-        tie_word_embeddings=tied,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return Qwen3MoeConfig(**(fields | overrides))
-
-
-def save_tiny_moe(path: Path, tied: bool = False, seed: int = 0, **overrides) -> Path:
-    torch.manual_seed(seed)
-    model = Qwen3MoeForCausalLM(tiny_moe_config(tied, **overrides))
-    with torch.no_grad():  # 5.x initialises the router to zeros: give it a real choice to make
-        for name, parameter in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(path, max_shard_size="100KB")
-    return path
-
-
-def moe_oracle(base: Path, plan: Plan) -> Qwen3MoeForCausalLM:
-    """Stock Qwen3-MoE with the pruned blocks' output projections zeroed (o_proj; every expert's
-    down_proj, whatever the transformers version calls it; a dense MLP's down_proj)."""
-    family = family_of({"model_type": "qwen3_moe"})
-    model = Qwen3MoeForCausalLM.from_pretrained(base, dtype=torch.float32)
-    zeroed = []
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            layer = int(name.split(".")[2]) if name.startswith("model.layers.") else None
-            for kind, layers in (("attn", plan.attn), ("mlp", plan.mlp)):
-                if layer in layers and family.is_output_projection(name, kind):
-                    parameter.zero_()
-                    zeroed.append(name)
-    assert len({n.split(".")[2] + n.split(".")[3] for n in zeroed}) == plan.num_blocks, zeroed
-    return model.eval()
-
-
-def tokens(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
-    return torch.randint(2, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module", params=["untied", "tied"])
@@ -100,7 +51,7 @@ def moe_base(request, tmp_path_factory) -> Path:
 def moe_pruned(moe_base) -> Path:
     out = moe_base.parent / "pruned"
     if not out.exists():
-        qprune.prune(str(moe_base), out, PLAN)
+        qprune.prune(str(moe_base), out, MOE_PLAN)
     return out
 
 
@@ -121,20 +72,20 @@ def test_pruned_moe_matches_the_oracle_and_holds_what_it_stores(moe_base, moe_pr
     )
     assert {"pruned_blocks.py", "modeling_pruned_qwen3_moe.py"} <= {p.name for p in moe_pruned.iterdir()}
     stored = read_checkpoint(moe_pruned)
-    assert not any(PLAN.prunes(name) for name in stored)
+    assert not any(MOE_PLAN.prunes(name) for name in stored)
     assert not any(name.startswith("model.layers.1.mlp.") for name in stored)  # router and every expert
     model = qprune.load(moe_pruned, dtype=torch.float32)
     assert type(model).__name__ == "PrunedQwen3MoeForCausalLM"
     held = {name: p for name, p in model.named_parameters()}
     assert sum(p.numel() * p.element_size() for p in held.values()) == sum(e.nbytes for e in stored.values())
     with torch.no_grad():
-        delta = (model(tokens()).logits - moe_oracle(moe_base, PLAN)(tokens()).logits).abs().max()
+        delta = (model(token_batch()).logits - moe_oracle(moe_base, MOE_PLAN)(token_batch()).logits).abs().max()
     assert delta <= 1e-5
 
 
 def test_cached_decoding_equals_uncached_with_layer_0_attention_pruned(moe_pruned):
     model = qprune.load(moe_pruned, dtype=torch.float32)
-    ids = tokens(seed=1)
+    ids = token_batch(seed=1)
     with torch.no_grad():
         cached = model.generate(ids, max_new_tokens=10, do_sample=False, use_cache=True, pad_token_id=0)
         uncached = model.generate(ids, max_new_tokens=10, do_sample=False, use_cache=False, pad_token_id=0)
@@ -147,8 +98,9 @@ def test_verify_passes_every_check(moe_base, moe_pruned):
     assert all(c.passed for c in checks), "\n".join(map(str, checks))
 
 
+@pytest.mark.slow
 def test_remote_code_loads_with_transformers_alone(moe_base, moe_pruned):
-    ids = tokens()
+    ids = token_batch()
     proc = subprocess.run(
         [sys.executable, "-c", REMOTE_CODE, str(moe_pruned), json.dumps(ids.tolist())],
         capture_output=True,
@@ -158,7 +110,7 @@ def test_remote_code_loads_with_transformers_alone(moe_base, moe_pruned):
     assert proc.returncode == 0, proc.stderr
     logits = torch.tensor(json.loads(proc.stdout.split("LOGITS ", 1)[1]))
     with torch.no_grad():
-        assert (logits - moe_oracle(moe_base, PLAN)(ids).logits).abs().max() <= 1e-5
+        assert (logits - moe_oracle(moe_base, MOE_PLAN)(ids).logits).abs().max() <= 1e-5
     log = proc.stderr.lower()
     for phrase in ("newly initialized", "not initialized", "missing", "were not used"):
         assert phrase not in log, proc.stderr
@@ -185,9 +137,9 @@ def test_a_pruned_expert_tensor_missing_is_named(moe_pruned, tmp_path):
 
 def test_router_logits_and_loss_with_pruned_moe_blocks(moe_pruned, tmp_path):
     model = qprune.load(moe_pruned, dtype=torch.float32)
-    ids = tokens()
+    ids = token_batch()
     out = model(ids, labels=ids, output_router_logits=True)
-    sparse_running = [i for i in range(4) if i not in PLAN.mlp and i != DENSE_LAYER]
+    sparse_running = [i for i in range(4) if i not in MOE_PLAN.mlp and i != MOE_DENSE_LAYER]
     assert len(out.router_logits) == len(sparse_running)  # a pruned MoE block routes nothing
     assert torch.isfinite(out.aux_loss) and torch.isfinite(out.loss)
     out.loss.backward()
@@ -200,7 +152,7 @@ def test_router_logits_and_loss_with_pruned_moe_blocks(moe_pruned, tmp_path):
 
 
 def test_export_is_a_stock_qwen3_moe_that_computes_the_same(moe_base, tmp_path):
-    plan = Plan(attn=(0, 1), mlp=(1, DENSE_LAYER))  # layer 1 whole: removed, so the dense layer 2 becomes 1
+    plan = Plan(attn=(0, 1), mlp=(1, MOE_DENSE_LAYER))  # layer 1 whole: removed, so the dense layer 2 becomes 1
     qprune.prune(str(moe_base), tmp_path / "pruned", plan)
     result = qprune.export(str(tmp_path / "pruned"), tmp_path / "stock")
     assert result.removed_layers == (1,)
@@ -210,7 +162,7 @@ def test_export_is_a_stock_qwen3_moe_that_computes_the_same(moe_base, tmp_path):
     stock, info = Qwen3MoeForCausalLM.from_pretrained(tmp_path / "stock", dtype=torch.float32, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
-        delta = (stock.eval()(tokens()).logits - moe_oracle(moe_base, plan)(tokens()).logits).abs().max()
+        delta = (stock.eval()(token_batch()).logits - moe_oracle(moe_base, plan)(token_batch()).logits).abs().max()
     assert delta <= 1e-5
     assert "stock Qwen3-MoE" in result.summary()
 
@@ -232,7 +184,7 @@ def test_decoder_sparse_step_is_respected_in_tensors_and_costs(tmp_path):
 def test_parameter_count_matches_a_loaded_moe(moe_pruned):
     model = qprune.load(moe_pruned)
     shape = Shape.from_config(json.loads((moe_pruned / "config.json").read_text()))
-    assert parameter_count(shape, PLAN) == sum(p.numel() for p in model.parameters())
+    assert parameter_count(shape, MOE_PLAN) == sum(p.numel() for p in model.parameters())
 
 
 def test_released_moe_shapes_have_their_published_sizes():
@@ -273,26 +225,30 @@ def test_unsupported_family_names_the_supported_ones(tmp_path):
 
 
 def test_moe_plan_out_of_range(moe_base, tmp_path):
-    result = runner.invoke(app, ["prune", str(moe_base), str(tmp_path / "out"), "--mlp", "4"])
-    assert result.exit_code != 0 and "--mlp: layer 4 is out of range: the model has 4 layers (0..3)" in result.output
+    result = cli("prune", moe_base, tmp_path / "out", "--mlp", "4")
+    assert_one_line_error(result, "--mlp: layer 4 is out of range: the model has 4 layers (0..3)")
+    assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_scan_and_auto_prune_on_moe(tmp_path):
     """Scan and search rank MoE blocks and prune them (the embedded tokenizer, a random MoE)."""
-    base = save_tiny_moe(tmp_path / "base", vocab=4096)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, base / name)
+    base = with_embedded_tokenizer(save_tiny_moe(tmp_path / "base", vocab=4096))
     args = ["--samples", "4", "--seq-len", "64", "--no-progress"]
-    result = runner.invoke(app, ["scan", str(base), "--out", str(tmp_path / "scan"), *args])
+    result = cli("scan", str(base), "--out", str(tmp_path / "scan"), *args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "scan" / "scan.json").read_text())
     assert len(report["blocks"]) == 8
-    result = runner.invoke(app, ["prune", str(base), str(tmp_path / "auto"), "--auto", "--blocks", "2", *args])
+    result = cli("prune", str(base), str(tmp_path / "auto"), "--auto", "--blocks", "2", *args)
     assert result.exit_code == 0, result.output
     assert verify(str(tmp_path / "auto"), str(base))[2].passed
-    result = runner.invoke(app, ["eval", str(tmp_path / "auto"), "--base", str(base), "--max-tokens", "500", "-q"])
+    facts = json.loads(cli("info", tmp_path / "auto", "--json").output)
+    assert len(facts["attn"]) + len(facts["mlp"]) == 2
+    result = cli("eval", tmp_path / "auto", "--base", base, "--max-tokens", "500", "-q", "--json")
     assert result.exit_code == 0, result.output
-    assert "model" in result.output and "base" in result.output and "change" in result.output
+    report = json.loads(result.stdout)
+    model, dense = report["model"]["perplexity"], report["base"]["perplexity"]
+    assert model > 1 and dense > 1 and report["perplexity_change"] == pytest.approx(model / dense - 1)
 
 
 @pytest.mark.parametrize("mode", ["int8", "torchao-int8"])
@@ -308,10 +264,8 @@ def test_heal_writes_an_exact_slim_moe_checkpoint_with_per_expert_names(tmp_path
     from qprune.healing.distill import HealSettings, heal
     from qprune.measure.data import DataSpec
 
-    base = save_tiny_moe(tmp_path / "base", vocab=4096)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, base / name)
-    qprune.prune(str(base), tmp_path / "pruned", PLAN)
+    base = with_embedded_tokenizer(save_tiny_moe(tmp_path / "base", vocab=4096))
+    qprune.prune(str(base), tmp_path / "pruned", MOE_PLAN)
     text = tmp_path / "train.txt"
     text.write_text((Path(qprune.__file__).parent / "assets" / "text" / "pydocs-calibration.txt").read_text()[:8_000])
     settings = HealSettings(tokens=2048, seq_len=64, batch_size=4, lr=1e-3, eval_tokens=500)
@@ -334,3 +288,20 @@ def test_configs_qprune_writes_name_the_experts_for_every_transformers_version(m
     written = json.loads((moe_pruned / "config.json").read_text())
     source = json.loads((moe_base / "config.json").read_text())
     assert written["num_experts"] == source.get("num_experts", source.get("num_local_experts")) == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.model_type)
+def test_each_family_checks_its_own_config_fields(tmp_path, untied_base, family):
+    """A bad value of each field in a family's config-check table is refused when a checkpoint opens."""
+    source = untied_base if family.model_type == "qwen3" else save_tiny_moe(tmp_path / "base")
+    config = json.loads((source / "config.json").read_text())
+    assert family_of(config) is family and open_checkpoint(source)
+    expected = {"num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size"}
+    expected |= {"mlp_only_layers", "decoder_sparse_step"}
+    assert set(family.config_checks) == (expected if family is QWEN3_MOE else set())
+    for name, kind in family.config_checks.items():
+        bad = next(value for value in ("x", 1.5, -1, [-1]) if not kind.test(value, config))
+        damaged = Path(shutil.copytree(source, tmp_path / name))
+        edit_config(**{name: bad})(damaged)
+        with pytest.raises(QpruneError, match=f"config.json: {name} must be .*, not {bad!r}"):
+            open_checkpoint(damaged)

@@ -1,8 +1,9 @@
 import json
 
 import pytest
+from conftest import cli
 
-from qprune.arch.qwen3 import tensor_block
+from qprune.arch import tensor_block
 from qprune.errors import QpruneError
 from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
 from qprune.modeling.pruned_blocks import tensor_block as modeling_tensor_block
@@ -96,14 +97,11 @@ def test_union_combines():
 
 
 def test_errors_name_parameters_in_python_and_flags_on_the_command_line():
-    from typer.testing import CliRunner
-
-    from qprune.cli import app
 
     with pytest.raises(QpruneError) as raised:
         Plan.parse(attn="3-1")
     assert str(raised.value) == "attn: the range '3-1' runs backwards"
     assert raised.value.for_cli() == "--attn: the range '3-1' runs backwards"
     assert QpruneError("{batches} and {seq_len}").for_cli() == "--batch and --seq-len"
-    result = CliRunner().invoke(app, ["prune", "src", "out", "--attn", "3-1"])
+    result = cli("prune", "src", "out", "--attn", "3-1")
     assert result.exit_code == 2 and result.output == "error: --attn: the range '3-1' runs backwards\n"

@@ -11,12 +11,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import save_tiny_qwen3
+from conftest import cli, save_tiny_qwen3
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 import qprune
-from qprune.cli.app import app
 from qprune.measure.evaluate import perplexity
 from qprune.runtime.generate import complete
 from qprune.runtime.load import load_tokenizer
@@ -88,11 +86,11 @@ def test_nonfinite_logits_are_reported_with_advice(overflowing):
 def test_cli_generate_in_float16_warns_names_the_layer_and_fails(overflowing):
     args = ["generate", str(overflowing), "--prompt", "The list type", "--max-new-tokens", "3"]
     with pytest.warns(Float16Warning):  # pytest captures it; the CLI prints it as "warning: ..."
-        result = CliRunner().invoke(app, [*args, "--dtype", "float16", "--check-overflow"])
+        result = cli(*args, "--dtype", "float16", "--check-overflow")
     assert result.exit_code == 2
     assert "hidden states first overflow (inf/NaN) at layer 2 MLP" in result.output
     assert "error: the model's logits hold inf or NaN: Qwen3 overflows in float16" in result.output
-    fine = CliRunner().invoke(app, [*args, "--check-overflow", "--dtype", "bfloat16"])
+    fine = cli(*args, "--check-overflow", "--dtype", "bfloat16")
     assert fine.exit_code == 0, fine.output
     assert "overflow check (bfloat16): hidden states finite in every layer" in fine.output
 
@@ -100,6 +98,6 @@ def test_cli_generate_in_float16_warns_names_the_layer_and_fails(overflowing):
 def test_cli_eval_check_overflow(overflowing):
     args = ["eval", str(overflowing), "--seq-len", "64", "--stride", "32", "--max-tokens", "200", "--no-progress"]
     with pytest.warns(Float16Warning):
-        result = CliRunner().invoke(app, [*args, "--dtype", "float16", "--check-overflow"])
+        result = cli(*args, "--dtype", "float16", "--check-overflow")
     assert result.exit_code == 2
     assert "first overflow (inf/NaN) at layer 2 MLP" in result.output and "load it in bfloat16" in result.output

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import oracle, token_batch
-from test_load import REMOTE_CODE
+from conftest import REMOTE_CODE, oracle, token_batch
 from transformers import Qwen3ForCausalLM
 
 import qprune
@@ -42,6 +42,7 @@ def test_qprune_loads_and_verifies_a_previous_release_checkpoint():
     assert all(check.passed for check in checks), "\n".join(map(str, checks))
 
 
+@pytest.mark.slow
 def test_its_own_code_still_loads_it_with_transformers_alone():
     ids = token_batch()
     done = subprocess.run(

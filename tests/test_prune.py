@@ -6,20 +6,12 @@ import struct
 
 import pytest
 import torch
-from conftest import oracle, save_tiny_qwen3, token_batch
+from conftest import assert_one_line_error, cli, leftovers, oracle, save_tiny_qwen3, token_batch
 from safetensors import safe_open
-from typer.testing import CliRunner
 
 import qprune
-from qprune.cli.app import app
 from qprune.io.safetensors import read_checkpoint
 from qprune.plan import Plan
-
-runner = CliRunner()
-
-
-def cli(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_prune_writes_slim_sharded_checkpoint(tmp_path, base):
@@ -102,8 +94,17 @@ def test_force_replaces_existing_output(tmp_path, untied_base):
 
 
 def test_empty_output_directory_is_fine(tmp_path, untied_base):
-    (tmp_path / "out").mkdir()
-    assert cli("prune", untied_base, tmp_path / "out", "--mlp", "1").exit_code == 0
+    """An existing empty OUT is written into without --force: the pruned checkpoint, and nothing else beside it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = cli("prune", untied_base, out, "--mlp", "1")
+    assert result.exit_code == 0, result.output
+    assert "pruned 1 blocks" in result.output
+    assert json.loads(cli("info", out, "--json").output)["mlp"] == [1]
+    stored = read_checkpoint(out)
+    assert set(stored) == {name for name in read_checkpoint(untied_base) if not Plan(mlp=(1,)).prunes(name)}
+    assert (out / "config.json").exists() and (out / "tokenizer_config.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not leftovers(out)  # no partial output anywhere
 
 
 def _truncate(path):
@@ -196,10 +197,7 @@ def test_output_equal_to_source_is_refused(tmp_path, untied_base):
 
 
 def _assert_clean_error(result, message, tmp_path, out="out"):
-    assert result.exit_code == 2, result.output
-    assert message in result.output
-    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    assert_one_line_error(result, message)
     assert not (tmp_path / out).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial output
 
@@ -209,7 +207,7 @@ def test_sliding_window_attention_is_refused_and_its_mlp_pruned(tmp_path, untied
     shutil.copytree(untied_base, source)
     config = json.loads((source / "config.json").read_text()) | {"use_sliding_window": True, "sliding_window": 8}
     (source / "config.json").write_text(json.dumps(config))
-    result = CliRunner().invoke(app, ["prune", str(source), str(tmp_path / "a"), "--attn", "1"])
+    result = cli("prune", str(source), str(tmp_path / "a"), "--attn", "1")
     assert result.exit_code == 2
     assert result.output == "error: attention blocks of a sliding-window Qwen3 cannot be pruned\n"
     assert not (tmp_path / "a").exists()

@@ -11,13 +11,11 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config, token_batch
+from conftest import cli, tiny_config, token_batch
 from torch import nn
 from transformers import Qwen3ForCausalLM
-from typer.testing import CliRunner
 
 import qprune
-from qprune.cli.app import app
 from qprune.errors import QpruneError
 from qprune.measure.verify import quantized_tolerance
 from qprune.modeling.pruned_blocks import PrunedLinear
@@ -243,34 +241,33 @@ def test_torchao_int4_on_cuda(tmp_path):
     assert all(c.passed for c in checks), [str(c) for c in checks]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [pytest.param("torchao-int8", marks=needs_library("torchao-int8"))])
 def test_cli_verify_and_bench_take_quantize(pruned, base, mode):
-    runner = CliRunner()
-    verified = runner.invoke(app, ["verify", str(pruned), "--base", str(base), "--quantize", mode])
+    verified = cli("verify", str(pruned), "--base", str(base), "--quantize", mode)
     assert verified.exit_code == 0, verified.output
     pruned_linears = 4 * len(PLAN.attn) + 3 * len(PLAN.mlp)
     assert f"kept Linears quantized; the {pruned_linears} of pruned blocks hold nothing; {mode}: " in verified.output
     bench = ["bench", str(pruned), "--base", str(base), "--prompt-len", "8", "--new-tokens", "2", "--repeats", "1"]
-    plain, quantized = (
-        json.loads(runner.invoke(app, [*bench, "--json", *extra]).stdout) for extra in ([], ["--quantize", mode])
-    )
+    plain, quantized = (json.loads(cli(*bench, "--json", *extra).stdout) for extra in ([], ["--quantize", mode]))
     assert quantized["quantize"] == mode
     for side in ("dense", "pruned"):
         assert quantized[side]["param_bytes"] < plain[side]["param_bytes"]
-    refused = runner.invoke(app, [*bench, "--quantize", "int3"])
+    refused = cli(*bench, "--quantize", "int3")
     assert refused.exit_code == 2 and "error: --quantize 'int3': choose one of" in refused.output
 
 
 @pytest.mark.parametrize("mode", [pytest.param("int8", marks=needs_library("int8"))])
 def test_missing_library_from_the_cli(pruned, mode, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    result = CliRunner().invoke(app, ["generate", str(pruned), "--prompt", "x", "--quantize", mode])
+    result = cli("generate", str(pruned), "--prompt", "x", "--quantize", mode)
     assert result.exit_code == 2
     assert result.output.strip().endswith("needs bitsandbytes: pip install bitsandbytes")
 
 
 @needs_library("int8")
 @needs_library("nf4")
+@pytest.mark.slow
 def test_goals_on_the_embedded_model(tmp_path):
     """The issue's goals: pruned by 4 blocks, int8 perplexity within 2% of the unquantized pruned
     model's and nf4 within 10% (on the first 20k held-out tokens, for time), both generate text, and
@@ -282,7 +279,7 @@ def test_goals_on_the_embedded_model(tmp_path):
     evaluate = ["eval", str(out), "--seq-len", "256", "--stride", "128", "--max-tokens", "20000", "--json"]
     reports = {}
     for mode in (None, "int8", "nf4"):
-        result = CliRunner().invoke(app, [*evaluate, "--no-progress", *(["--quantize", mode] if mode else [])])
+        result = cli(*evaluate, "--no-progress", *(["--quantize", mode] if mode else []))
         assert result.exit_code == 0, result.output
         reports[mode] = json.loads(result.stdout)["model"]
     reference = reports[None]["perplexity"]
@@ -290,7 +287,7 @@ def test_goals_on_the_embedded_model(tmp_path):
     assert abs(reports["nf4"]["perplexity"] / reference - 1) <= 0.10
     assert reports["nf4"]["param_bytes"] < reports["int8"]["param_bytes"] < reports[None]["param_bytes"]
     for mode in ("int8", "nf4"):
-        result = CliRunner().invoke(app, ["generate", str(out), "--prompt", "The list type", "--quantize", mode])
+        result = cli("generate", str(out), "--prompt", "The list type", "--quantize", mode)
         assert result.exit_code == 0, result.output
         text = result.stdout.strip()
         assert len(text) > 10

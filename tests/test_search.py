@@ -2,16 +2,13 @@
 and on tiny random models; prefix reuse is checked against a full forward per candidate."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from conftest import token_batch
+from conftest import cli, token_batch, with_embedded_tokenizer
 from transformers import Qwen3ForCausalLM
-from typer.testing import CliRunner
 
 from qprune import load
-from qprune.cli.app import app
 from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError
 from qprune.measure.ablation import BlockRunner, FullForwardRunner, all_blocks
@@ -24,7 +21,6 @@ from qprune.shipped import EMBEDDED_MODEL
 
 USELESS = (4, "attn")  # naturally a middling block of the embedded model (ranks 2-6 of 12)
 SMALL = DataSpec(samples=8, seq_len=256)  # enough text that every real block matters
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +31,7 @@ def useless_model_dir(tmp_path_factory):
     with torch.no_grad():
         model.model.layers[USELESS[0]].self_attn.o_proj.weight.zero_()
     model.save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, path / name)
-    return path
+    return with_embedded_tokenizer(path)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +59,7 @@ def test_useless_block_scores_least_important_in_every_metric(useless):
 
 
 @pytest.mark.parametrize("metric", ["nll", "kl"])
+@pytest.mark.slow
 def test_greedy_chooses_the_useless_block_first(useless, metric):
     model, batch = useless
     result = greedy_search(model, batch, Target(blocks=2), metric)
@@ -151,11 +146,12 @@ def test_constraints(untied_base):
         greedy_search(model, batch, Target(blocks=1), "nll", Constraints(keep_first=2, keep_last=2))
 
 
+@pytest.mark.slow
 def test_auto_prune_cli_is_deterministic_and_records_its_search(useless_model_dir, tmp_path):
     args = ["--auto", "--blocks", "3", "--samples", "8", "--seq-len", "256", "--seed", "3", "--no-progress"]
     outputs = []
     for name in ("a", "b"):
-        result = runner.invoke(app, ["prune", str(useless_model_dir), str(tmp_path / name), *args])
+        result = cli("prune", str(useless_model_dir), str(tmp_path / name), *args)
         assert result.exit_code == 0, result.output
         outputs.append(json.loads((tmp_path / name / "qprune_search.json").read_text()))
     assert outputs[0]["plan"] == outputs[1]["plan"] and outputs[0]["steps"] == outputs[1]["steps"]
@@ -173,24 +169,8 @@ def test_auto_prune_cli_is_deterministic_and_records_its_search(useless_model_di
 
 def test_auto_prune_of_a_pruned_checkpoint_adds_to_its_plan(tmp_path):
     prune(str(EMBEDDED_MODEL), tmp_path / "p", Plan(attn=(2,), mlp=(3,)))
-    result = runner.invoke(
-        app,
-        [
-            "prune",
-            str(tmp_path / "p"),
-            str(tmp_path / "q"),
-            "--auto",
-            "--blocks",
-            "2",
-            "--keep-first",
-            "1",
-            "--samples",
-            "2",
-            "--seq-len",
-            "64",
-            "--no-progress",
-        ],
-    )
+    args = ["--auto", "--blocks", "2", "--keep-first", "1", "--samples", "2", "--seq-len", "64", "--no-progress"]
+    result = cli("prune", tmp_path / "p", tmp_path / "q", *args)
     assert result.exit_code == 0, result.output
     search = json.loads((tmp_path / "q" / "qprune_search.json").read_text())
     chosen = {(s["layer"], s["block"]) for s in search["steps"]}
@@ -217,19 +197,8 @@ def test_auto_prune_of_a_pruned_checkpoint_adds_to_its_plan(tmp_path):
     ],
 )
 def test_auto_prune_bad_options(tmp_path, args, message):
-    result = runner.invoke(
-        app,
-        [
-            "prune",
-            str(EMBEDDED_MODEL),
-            str(tmp_path / "out"),
-            *args,
-            "--samples",
-            "2",
-            "--seq-len",
-            "64",
-            "--no-progress",
-        ],
+    result = cli(
+        "prune", str(EMBEDDED_MODEL), str(tmp_path / "out"), *args, "--samples", "2", "--seq-len", "64", "--no-progress"
     )
     assert result.exit_code == 2, result.output
     assert message in result.output and not (tmp_path / "out").exists()
@@ -238,15 +207,16 @@ def test_auto_prune_bad_options(tmp_path, args, message):
 def test_auto_prune_refuses_an_existing_output_before_searching(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    result = runner.invoke(app, ["prune", str(EMBEDDED_MODEL), str(tmp_path / "out"), "--auto", "--blocks", "1"])
+    result = cli("prune", str(EMBEDDED_MODEL), str(tmp_path / "out"), "--auto", "--blocks", "1")
     assert result.exit_code == 2 and "--force" in result.output
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_scan_cli_writes_report_heatmap_and_table(useless_model_dir, tmp_path):
     out = tmp_path / "scan"
-    result = runner.invoke(
-        app, ["scan", str(useless_model_dir), "--out", str(out), "--samples", "8", "--seq-len", "256", "--no-progress"]
+    result = cli(
+        "scan", str(useless_model_dir), "--out", str(out), "--samples", "8", "--seq-len", "256", "--no-progress"
     )
     assert result.exit_code == 0, result.output
     assert "ranks cos/upd/nll/kl" in result.output and "   4 attn " in result.output
@@ -259,14 +229,12 @@ def test_scan_cli_writes_report_heatmap_and_table(useless_model_dir, tmp_path):
 
 
 def test_scan_json_and_offline_hub_id(tmp_path):
-    result = runner.invoke(
-        app, ["scan", str(EMBEDDED_MODEL), "--json", "--samples", "2", "--seq-len", "64", "--no-progress"]
-    )
+    result = cli("scan", str(EMBEDDED_MODEL), "--json", "--samples", "2", "--seq-len", "64", "--no-progress")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
     assert report["data"]["source"] == "qprune:pydocs-calibration.txt" and len(report["blocks"]) == 12
     assert all({"cosine_similarity", "relative_update_norm", "delta_nll", "kl"} <= set(b) for b in report["blocks"])
-    result = runner.invoke(app, ["scan", "no-such-owner-qprune/no-such-model", "--no-progress"])
+    result = cli("scan", "no-such-owner-qprune/no-such-model", "--no-progress")
     assert result.exit_code == 2 and "could not be downloaded from the Hugging Face Hub" in result.output
 
 
@@ -300,16 +268,14 @@ def test_whole_layer_candidates_equal_a_full_forward_and_search_whole_layers(unt
 
 
 def test_scan_and_auto_prune_rank_whole_layers(useless_model_dir, tmp_path):
-    result = runner.invoke(
-        app, ["scan", str(useless_model_dir), "--whole-layers", "--samples", "2", "--seq-len", "64", "-q", "--json"]
-    )
+    result = cli("scan", str(useless_model_dir), "--whole-layers", "--samples", "2", "--seq-len", "64", "-q", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert [entry["layer"] for entry in report["layers"]] == list(range(6))
     assert all(entry["delta_nll"] > 0 and 0 < entry["cosine_similarity"] < 1 for entry in report["layers"])
 
     args = ["--auto", "--whole-layers", "--blocks", "2", "--samples", "2", "--seq-len", "64", "-q"]
-    result = runner.invoke(app, ["prune", str(useless_model_dir), str(tmp_path / "w"), *args])
+    result = cli("prune", str(useless_model_dir), str(tmp_path / "w"), *args)
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "w" / "config.json").read_text())
     assert config["pruned_attn_layers"] == config["pruned_mlp_layers"] and len(config["pruned_mlp_layers"]) == 2

@@ -4,15 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import cli
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 import qprune
-from qprune.cli.app import app
 from qprune.io.safetensors import read_checkpoint
 from qprune.plan import Plan
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -22,13 +19,13 @@ def pruned(tmp_path, base):
 
 
 def test_verify_passes_with_and_without_base(pruned, base):
-    result = runner.invoke(app, ["verify", str(pruned), "--base", str(base)])
+    result = cli("verify", str(pruned), "--base", str(base))
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("PASS")
     for name in ("keys", "params", "logits", "self", "cache"):
         assert f"PASS  {name}" in result.output
     assert "max |Δlogits| vs oracle" in result.output
-    result = runner.invoke(app, ["verify", str(pruned)])  # without --base: the self-oracle still checks logits
+    result = cli("verify", str(pruned))  # without --base: the self-oracle still checks logits
     assert result.exit_code == 0, result.output
     assert "PASS  self       max |Δlogits| vs self-oracle" in result.output
 
@@ -45,7 +42,7 @@ def test_verify_fails_on_changed_weights(pruned, base):
     tensors = load_file(entry.file)
     tensors[name] = tensors[name] + 0.05 * torch.randn_like(tensors[name])
     save_file(tensors, entry.file, metadata={"format": "pt"})
-    result = runner.invoke(app, ["verify", str(pruned), "--base", str(base)])
+    result = cli("verify", str(pruned), "--base", str(base))
     assert result.exit_code == 1
     assert "FAIL  logits" in result.output and result.output.strip().endswith("FAIL")
 
@@ -55,10 +52,10 @@ def test_verify_fails_on_wrong_key_accounting(tmp_path, pruned, base):
     config = json.loads((pruned / "config.json").read_text())
     config["pruned_attn_layers"] = []
     (pruned / "config.json").write_text(json.dumps(config))
-    result = runner.invoke(app, ["verify", str(pruned), "--base", str(base)])
+    result = cli("verify", str(pruned), "--base", str(base))
     assert result.exit_code == 1 and "FAIL  keys" in result.output and "missing" in result.output
 
 
 def test_verify_bad_path(tmp_path):
-    result = runner.invoke(app, ["verify", str(tmp_path / "nope")])
+    result = cli("verify", str(tmp_path / "nope"))
     assert result.exit_code == 2 and result.output.startswith("error: ")

@@ -174,12 +174,10 @@ def test_vllm_serves_a_pruned_qwen3_moe(tmp_path):
     """A tiny Qwen3-MoE (sparse layers and a dense one) pruned in a sparse MoE block, a dense MLP and
     layer 0's attention: vLLM's fused-MoE path gives transformers' greedy tokens, with KV cache for the
     kept attention only; a stock Qwen3-MoE is served normally beside it."""
-    from test_moe import PLAN as MOE_PLAN
-    from test_moe import save_tiny_moe
+    from conftest import MOE_PLAN, save_tiny_moe, with_embedded_tokenizer
 
     base = save_tiny_moe(tmp_path / "base", vocab=4096, hidden_size=128, head_dim=32, moe_intermediate_size=64)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(EMBEDDED_MODEL / name, base / name)
+    with_embedded_tokenizer(base)
     qprune.prune(str(base), tmp_path / "pruned", MOE_PLAN)
     pruned_run, dense_run = run_engine(tmp_path / "pruned"), run_engine(base)
     assert pruned_run["architecture"] == "PrunedQwen3MoeForCausalLM"
