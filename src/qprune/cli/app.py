@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from qprune.cli.options import (
+    AS_JSON,
     ATTN,
     CHECK_OVERFLOW,
     DATA,
@@ -229,7 +230,7 @@ def scan(
     seq_len: int = SEQ_LEN,
     seed: int = SEED,
     dtype: str = DTYPE,
-    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+    as_json: bool = AS_JSON,
     whole_layers: bool = typer.Option(
         False, "--whole-layers", help="Also score every layer as one unit (both blocks removed), ranked among layers."
     ),
@@ -300,7 +301,7 @@ def evaluate(
     quantize: Optional[str] = QUANTIZE,
     check_overflow: bool = CHECK_OVERFLOW,
     max_memory: Optional[str] = MAX_MEMORY,
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
+    as_json: bool = AS_JSON,
     quiet: bool = QUIET,
 ) -> None:
     """Perplexity (strided sliding window), beside the base model's, and generations side by side."""
@@ -363,7 +364,7 @@ def bench(
         None, "--device", metavar="cpu|cuda", help="cpu or cuda (default: cuda when there is one)."
     ),
     quantize: Optional[str] = QUANTIZE,
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of the table."),
+    as_json: bool = AS_JSON,
     quiet: bool = QUIET,
 ) -> None:
     """Prefill and decode speed, parameter, KV-cache and peak bytes: pruned vs dense vs the plan's ideal."""
@@ -443,7 +444,7 @@ def heal(
 @app.command(cls=_Command, short_help="Print a checkpoint's pruning plan and sizes.")
 def info(
     path: str = typer.Argument(..., metavar="PATH", help="Checkpoint directory or hub id."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON object."),
+    as_json: bool = AS_JSON,
     quiet: bool = QUIET,
 ) -> None:
     """Print a checkpoint's pruning plan and sizes."""

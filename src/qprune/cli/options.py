@@ -139,6 +139,7 @@ def read_plan(attn: Optional[str], mlp: Optional[str], plan_file: Optional[Path]
 ATTN = typer.Option(None, "--attn", metavar="LAYERS", help="Layers whose attention block to prune, e.g. 0,5.")
 MLP = typer.Option(None, "--mlp", metavar="LAYERS", help="Layers whose MLP block to prune, e.g. 3,7.")
 PLAN = typer.Option(None, "--plan", metavar="FILE", help='JSON plan file: {"attn": [0, 5], "mlp": [3, 7]}.')
+AS_JSON = typer.Option(False, "--json", help="Print a JSON object instead of the table or text.")
 FORCE = typer.Option(False, "--force", help="Replace the output directory if it exists and is not empty.")
 
 
