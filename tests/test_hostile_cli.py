@@ -417,6 +417,7 @@ def test_bench_table_ratios_match_its_figures_and_units(tmp_path, untied_base):
         dense, pruned, ratio, ideal, share = row[len(label) :].split()
         d, p, r = float(dense), float(pruned), float(ratio.rstrip("x"))  # tok/s shown to 0.1, ratios to 0.001
         assert (p - 0.05) / (d + 0.05) - 5e-4 <= r <= (p + 0.05) / (d - 0.05) + 5e-4, row
-        assert float(share.rstrip("%")) == pytest.approx(
-            100 * float(ratio.rstrip("x")) / float(ideal.rstrip("x")), abs=1
-        )
+        shown = 100 * float(ratio.rstrip("x")) / float(ideal.rstrip("x"))
+        # The share comes from unrounded figures: the ratio's and the ideal's rounding (0.0005 each) grow
+        # with it, so a noisy run's large share may differ from the shown figures' by more than 1 point.
+        assert float(share.rstrip("%")) == pytest.approx(shown, abs=1 + 0.002 * shown)

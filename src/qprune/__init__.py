@@ -27,6 +27,8 @@ _LAZY = {
     "PrunedQwen3ForCausalLM": "qprune.modeling.modeling_pruned_qwen3",
     "PrunedQwen3Model": "qprune.modeling.modeling_pruned_qwen3",
     "Plan": "qprune.plan",
+    "Checkpoint": "qprune.io.source",
+    "open_checkpoint": "qprune.io.source",
     "HealSettings": "qprune.healing.settings",
     "QpruneError": "qprune.errors",
     "export": "qprune.ops.export",
@@ -39,6 +41,7 @@ _LAZY = {
     "verify": "qprune.measure.verify",
 }
 __all__ = [
+    "Checkpoint",
     "HealSettings",
     "Plan",
     "PrunedLinear",
@@ -53,6 +56,7 @@ __all__ = [
     "heal",
     "load",
     "lora_config",
+    "open_checkpoint",
     "prune",
     "pruned_modules",
     "quantize",

@@ -10,7 +10,6 @@ damaged files, memory; warnings print as one line, `warning: ...`. Exit statuses
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,7 @@ from qprune.cli.options import (
     AS_JSON,
     ATTN,
     CHECK_OVERFLOW,
-    DATA,
+    DATA_PANEL,
     DTYPE,
     FORCE,
     LOAD_DTYPE,
@@ -30,20 +29,27 @@ from qprune.cli.options import (
     PLAN,
     QUANTIZE,
     QUIET,
-    SAMPLES,
-    SEED,
-    SEQ_LEN,
-    TEXT_FIELD,
-    data_spec,
-    parse_batches,
+    in_panel,
+    option,
     parse_memory,
     parse_size,
     read_plan,
     reporter,
+    settings_from,
+    show,
     user_errors,
     warnings_as_lines,
 )
 from qprune.errors import Interrupted, QpruneError, signals_interrupt
+from qprune.healing.settings import HealSettings
+from qprune.measure.bench import BenchSettings
+from qprune.measure.data import DataSpec
+from qprune.measure.goal import Constraints, Target
+
+# Headings of option groups in --help.
+SEARCH = "Search (--auto)"
+MEASURING = "Measuring"
+TRAINING = "Training"
 
 
 class _Commands(TyperGroup):
@@ -56,10 +62,25 @@ class _Commands(TyperGroup):
 
 
 class _Command(TyperCommand):
-    """A command whose usage line reads `qprune prune [OPTIONS] SRC OUT`, not typer's `{SRC} {OUT}`."""
+    """A command whose usage line reads `qprune prune [OPTIONS] SRC OUT`, not typer's `{SRC} {OUT}`, and
+    whose `--help` lists options under their panel's heading (`Search (--auto)`, `Training`, ...)."""
 
     def collect_usage_pieces(self, ctx):
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            heading = "Arguments" if param.param_type_name == "argument" else None
+            heading = heading or getattr(param, "rich_help_panel", None) or "Options"
+            sections.setdefault(heading, []).append(record)
+        for heading, records in sections.items():
+            if records:
+                with formatter.section(heading):
+                    formatter.write_dl(records)
 
 
 app = typer.Typer(
@@ -109,47 +130,37 @@ def prune(
     attn: Optional[str] = ATTN,
     mlp: Optional[str] = MLP,
     plan: Optional[Path] = PLAN,
-    auto: bool = typer.Option(False, "--auto", help="Choose the blocks on calibration data (see --blocks)."),
-    blocks: Optional[int] = typer.Option(None, "--blocks", metavar="N", help="--auto: number of blocks to remove."),
-    param_ratio: Optional[float] = typer.Option(
-        None,
-        "--param-ratio",
-        metavar="SHARE",
-        help="--auto: share of decoder parameters to remove, at most (e.g. 0.25).",
-    ),
+    auto: bool = typer.Option(False, "--auto", help="Choose the blocks on calibration data (see Search)."),
+    blocks: Optional[int] = option(Target, "blocks", panel=SEARCH),
+    param_ratio: Optional[float] = option(Target, "param_ratio", panel=SEARCH),
     method: str = typer.Option(
-        "greedy", "--method", metavar="greedy|oneshot", help="--auto: greedy, or oneshot (ranks once by a scan)."
+        "greedy",
+        "--method",
+        metavar="greedy|oneshot",
+        help="greedy, or oneshot (ranks once by a scan).",
+        rich_help_panel=SEARCH,
     ),
     metric: Optional[str] = typer.Option(
         None,
         "--metric",
         metavar="METRIC",
-        help="--auto: greedy ranks by nll (default) or kl; oneshot by cosine (default), update, nll, kl.",
+        help="greedy ranks by nll (default) or kl; oneshot by cosine (default), update, nll, kl.",
+        rich_help_panel=SEARCH,
     ),
-    only: Optional[str] = typer.Option(
-        None, "--only", metavar="attn|mlp", help="--auto: remove only attention or only MLP blocks."
-    ),
-    keep_first: int = typer.Option(
-        0, "--keep-first", metavar="K", help="--auto: never remove blocks of the first K layers."
-    ),
-    keep_last: int = typer.Option(
-        0, "--keep-last", metavar="K", help="--auto: never remove blocks of the last K layers."
-    ),
-    whole_layers: bool = typer.Option(
-        False,
-        "--whole-layers",
-        help="--auto: remove whole layers (both blocks; --blocks counts layers): exports to a stock Qwen3 at no cost.",
-    ),
-    data: Optional[str] = DATA,
-    text_field: str = TEXT_FIELD,
-    samples: int = SAMPLES,
-    seq_len: int = SEQ_LEN,
-    seed: int = SEED,
-    dtype: str = DTYPE,
+    only: Optional[str] = option(Constraints, "only", panel=SEARCH),
+    keep_first: int = option(Constraints, "keep_first", panel=SEARCH),
+    keep_last: int = option(Constraints, "keep_last", panel=SEARCH),
+    whole_layers: bool = option(Constraints, "whole_layers", panel=SEARCH),
+    dtype: str = in_panel(DTYPE, SEARCH),
+    max_memory: Optional[str] = in_panel(MAX_MEMORY, SEARCH),
+    source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
+    text_field: str = option(DataSpec, "text_field", panel=DATA_PANEL),
+    samples: int = option(DataSpec, "samples", panel=DATA_PANEL),
+    seq_len: int = option(DataSpec, "seq_len", panel=DATA_PANEL),
+    seed: int = option(DataSpec, "seed", panel=DATA_PANEL),
     max_shard_size: str = typer.Option(
         "5GB", "--max-shard-size", metavar="SIZE", help="Largest output shard, e.g. 500MB."
     ),
-    max_memory: Optional[str] = MAX_MEMORY,
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -157,6 +168,7 @@ def prune(
 
     The blocks come from --attn/--mlp, --plan, or --auto, which searches calibration data for the blocks
     that matter least and records its trace in the output."""
+    values = locals()
     with user_errors():
         shard_size = parse_size(max_shard_size)
         memory = parse_memory(max_memory)
@@ -167,32 +179,30 @@ def prune(
                 )
             from qprune.ops.prune import prune as run_prune
 
-            typer.echo(
-                run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=shard_size, force=force).summary()
-            )
+            result = run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=shard_size, force=force)
+            show(result)
             return
         if attn or mlp or plan:
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
-        from qprune.measure.search import Constraints, Target
         from qprune.ops.auto import auto_prune
 
-        progress = reporter(quiet)
         result, found = auto_prune(
             src,
             out,
-            data_spec(data, text_field, samples, seq_len, seed),
-            Target(blocks, param_ratio),
+            settings_from(DataSpec, values),
+            settings_from(Target, values),
             method=method,
             metric=metric,
-            constraints=Constraints(only, keep_first, keep_last, whole_layers),
+            constraints=settings_from(Constraints, values),
             dtype=dtype,
             max_shard_size=shard_size,
             force=force,
-            progress=progress,
+            progress=reporter(quiet),
             max_memory=memory,
         )
-    typer.echo(found.table() + "\n")
-    typer.echo(result.summary())
+    show(found)
+    typer.echo()
+    show(result)
 
 
 @app.command(cls=_Command, short_help="Write a stock Qwen3 (no custom code) for llama.cpp, MLX, ...")
@@ -213,7 +223,7 @@ def export(
         from qprune.ops.export import export as run_export
 
         result = run_export(pruned, dest, max_shard_size=parse_size(max_shard_size), force=force)
-    typer.echo(result.summary())
+    show(result)
 
 
 @app.command(cls=_Command, short_help="Score how much every attention and MLP block matters.")
@@ -224,11 +234,11 @@ def scan(
     out: Optional[Path] = typer.Option(
         None, "--out", metavar="DIR", help="Write scan.json and scan.png to this directory."
     ),
-    data: Optional[str] = DATA,
-    text_field: str = TEXT_FIELD,
-    samples: int = SAMPLES,
-    seq_len: int = SEQ_LEN,
-    seed: int = SEED,
+    source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
+    text_field: str = option(DataSpec, "text_field", panel=DATA_PANEL),
+    samples: int = option(DataSpec, "samples", panel=DATA_PANEL),
+    seq_len: int = option(DataSpec, "seq_len", panel=DATA_PANEL),
+    seed: int = option(DataSpec, "seed", panel=DATA_PANEL),
     dtype: str = DTYPE,
     as_json: bool = AS_JSON,
     whole_layers: bool = typer.Option(
@@ -239,14 +249,14 @@ def scan(
     quiet: bool = QUIET,
 ) -> None:
     """Score every attention and MLP block: one-pass cosine/update norm, and NLL rise / KL when removed."""
+    values = locals()
     with user_errors():
         from qprune.measure.scan import run_scan
 
         progress = reporter(quiet)
-        spec = data_spec(data, text_field, samples, seq_len, seed)
         done = run_scan(
             model,
-            spec,
+            settings_from(DataSpec, values),
             out,
             dtype=dtype,
             force=force,
@@ -254,17 +264,7 @@ def scan(
             whole_layers=whole_layers,
             max_memory=parse_memory(max_memory),
         )
-    if as_json:
-        typer.echo(json.dumps(done.report, indent=2))
-        return
-    typer.echo(done.result.table())
-    if done.out is not None:
-        typer.echo(f"\nreport: {done.out / 'scan.json'}")
-        typer.echo(
-            f"heatmap: {done.out / 'scan.png'}"
-            if done.heatmap
-            else "heatmap: skipped, needs matplotlib: pip install matplotlib"
-        )
+    show(done, as_json)
 
 
 @app.command(name="eval", cls=_Command, short_help="Perplexity beside the base model's, and generations side by side.")
@@ -279,7 +279,7 @@ def evaluate(
         metavar="SOURCE",
         help="Text: .txt, .jsonl, .parquet, a datasets id (default: qprune:pydocs-heldout.txt).",
     ),
-    text_field: str = TEXT_FIELD,
+    text_field: str = option(DataSpec, "text_field"),
     seq_len: Optional[int] = typer.Option(
         None,
         "--seq-len",
@@ -326,7 +326,7 @@ def evaluate(
             check_overflow=check_overflow,
             max_memory=parse_memory(max_memory),
         )
-    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    show(report, as_json)
 
 
 @app.command(cls=_Command, short_help="Speed and memory: pruned vs dense vs the plan's ideal.")
@@ -349,12 +349,12 @@ def bench(
     mlp: Optional[str] = typer.Option(
         None, "--mlp", metavar="LAYERS", help="--shape: layers whose MLP to prune, e.g. 0,5."
     ),
-    prompt_len: int = typer.Option(512, "--prompt-len", metavar="N", help="Prompt tokens per sequence (prefill)."),
-    new_tokens: int = typer.Option(64, "--new-tokens", metavar="N", help="Decode steps per sequence."),
-    batch: str = typer.Option("1", "--batch", metavar="SIZES", help="Batch sizes, e.g. 1,8 (a table for each)."),
-    repeats: int = typer.Option(5, "--repeats", metavar="N", help="Timed repetitions (the median is reported)."),
-    warmup: int = typer.Option(1, "--warmup", metavar="N", help="Untimed repetitions first."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the random prompts (and --shape's random weights)."),
+    prompt_len: int = option(BenchSettings, "prompt_len", panel=MEASURING),
+    new_tokens: int = option(BenchSettings, "new_tokens", panel=MEASURING),
+    batches: str = option(BenchSettings, "batches", panel=MEASURING),
+    repeats: int = option(BenchSettings, "repeats", panel=MEASURING),
+    warmup: int = option(BenchSettings, "warmup", panel=MEASURING),
+    seed: int = option(BenchSettings, "seed", panel=MEASURING),
     dtype: str = typer.Option(
         "auto",
         "--dtype",
@@ -368,14 +368,15 @@ def bench(
     quiet: bool = QUIET,
 ) -> None:
     """Prefill and decode speed, parameter, KV-cache and peak bytes: pruned vs dense vs the plan's ideal."""
+    values = locals()
     with user_errors():
-        from qprune.measure.bench import BenchSettings, run_bench
+        from qprune.measure.bench import run_bench
         from qprune.plan import Plan
 
-        settings = BenchSettings(prompt_len, new_tokens, parse_batches(batch), repeats, warmup, seed)
+        settings = settings_from(BenchSettings, values)
         plan = Plan.parse(attn, mlp)
         report = run_bench(model, base, shape, plan, settings, dtype, device, reporter(quiet), quantize, layers)
-    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    show(report, as_json)
 
 
 @app.command(cls=_Command, short_help="Distil the base model back into a pruned checkpoint.")
@@ -383,54 +384,43 @@ def heal(
     pruned: str = typer.Argument(..., metavar="PRUNED", help="Pruned checkpoint to heal (a qprune output)."),
     out: Path = typer.Argument(..., metavar="OUT", help="Directory to write the healed checkpoint to."),
     base: Optional[str] = typer.Option(None, "--base", help="Teacher (default: the base PRUNED records)."),
-    data: Optional[str] = DATA,
-    text_field: str = TEXT_FIELD,
+    data: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
+    text_field: str = option(DataSpec, "text_field", panel=DATA_PANEL),
     eval_data: Optional[str] = typer.Option(
         None,
         "--eval-data",
         metavar="SOURCE",
         help="Held-out text for perplexity before/after (default: qprune:pydocs-heldout.txt).",
     ),
-    tokens: int = typer.Option(500_000, "--tokens", help="Training budget in tokens."),
-    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per training sequence."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per step (per process)."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
-    lr: Optional[float] = typer.Option(
-        None,
-        "--lr",
-        help="Peak learning rate, warm-up then cosine decay (default: 1e-3 below 100M parameters, else 1e-4).",
-    ),
-    loss: str = typer.Option("kd", "--loss", help="kd (distillation), lm (next token) or mix (kd + --lm-weight x lm)."),
-    lm_weight: float = typer.Option(0.5, "--lm-weight", help="--loss mix: weight of the LM loss."),
-    lora: Optional[int] = typer.Option(None, "--lora", help="Train LoRA adapters of this rank, merged at the end."),
-    last_layers: Optional[int] = typer.Option(
-        None, "--last-layers", help="Train only the last K layers, the final norm and lm_head."
-    ),
+    tokens: int = option(HealSettings, "tokens", panel=TRAINING),
+    seq_len: int = option(HealSettings, "seq_len", panel=TRAINING),
+    batch_size: int = option(HealSettings, "batch_size", panel=TRAINING),
+    grad_accum: int = option(HealSettings, "grad_accum", panel=TRAINING),
+    lr: Optional[float] = option(HealSettings, "lr", panel=TRAINING),
+    loss: str = option(HealSettings, "loss", panel=TRAINING),
+    lm_weight: float = option(HealSettings, "lm_weight", panel=TRAINING),
+    lora: Optional[int] = option(HealSettings, "lora", panel=TRAINING),
+    last_layers: Optional[int] = option(HealSettings, "last_layers", panel=TRAINING),
     teacher_cache: Optional[Path] = typer.Option(
         None, "--teacher-cache", help="Store the teacher's top-k log-probs here once; train without the teacher."
     ),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="--teacher-cache: log-probs kept per token (all)."),
-    eval_tokens: int = typer.Option(40_000, "--eval-tokens", help="Held-out tokens scored before and after."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
-    seed: int = SEED,
+    top_k: Optional[int] = option(HealSettings, "top_k", panel=TRAINING),
+    eval_tokens: int = option(HealSettings, "eval_tokens", panel=TRAINING),
+    gradient_checkpointing: bool = option(HealSettings, "gradient_checkpointing", panel=TRAINING),
+    seed: int = option(HealSettings, "seed", panel=TRAINING),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
     """Distil the base model back into a pruned checkpoint (transformers' Trainer; PEFT for --lora)."""
+    values = locals()
     with user_errors():
         from qprune.healing.distill import heal as run_heal
-        from qprune.healing.settings import HealSettings
-        from qprune.measure.data import HELDOUT_SOURCE, DataSpec
+        from qprune.measure.data import HELDOUT_SOURCE
 
-        settings = HealSettings(
-            tokens, seq_len, batch_size, grad_accum, lr, loss=loss, lm_weight=lm_weight, lora=lora,
-            last_layers=last_layers, seed=seed, top_k=top_k, eval_tokens=eval_tokens,
-            gradient_checkpointing=gradient_checkpointing,
-        )  # fmt: skip
         result = run_heal(
             pruned,
             out,
-            settings,
+            settings_from(HealSettings, values),
             base=base,
             data=DataSpec(data, text_field=text_field),
             eval_data=DataSpec(eval_data or HELDOUT_SOURCE, text_field=text_field),
@@ -438,7 +428,7 @@ def heal(
             force=force,
             progress=reporter(quiet),
         )
-    typer.echo(result.summary())
+    show(result)
 
 
 @app.command(cls=_Command, short_help="Print a checkpoint's pruning plan and sizes.")
@@ -450,19 +440,9 @@ def info(
     """Print a checkpoint's pruning plan and sizes."""
     with user_errors():
         from qprune.ops.report import describe
-        from qprune.words import format_layers, human_bytes
 
         facts = describe(path)
-    if as_json:
-        typer.echo(json.dumps(facts, indent=2))
-        return
-    typer.echo(
-        f"{facts['path']} ({facts['model_type']}, {facts['num_layers']} layers)\n"
-        + (f"pruned from:      {facts['base_model']}\n" if facts["base_model"] else "")
-        + f"attention pruned: {format_layers(facts['attn'])}\nMLP pruned:       {format_layers(facts['mlp'])}\n"
-        f"parameters: {facts['parameters']:,}   bytes: {human_bytes(facts['bytes'])}   "
-        f"dtypes: {', '.join(facts['dtypes'])}"
-    )
+    show(facts, as_json)
 
 
 @app.command(cls=_Command, short_help="Check a pruned checkpoint: keys, logits against the base, caching.")
@@ -512,10 +492,10 @@ def generate(
 
         progress = reporter(quiet)
         parse_dtype(dtype)
-        open_checkpoint(path)  # bad input is refused before the dtype line
+        checkpoint = open_checkpoint(path)  # bad input is refused before the dtype line
         on_cuda = quantize is not None and torch.cuda.is_available()  # only quantized loads go to the GPU
         dtype = resolve_auto(dtype, progress.note, on_cuda=on_cuda)
-        model, tokenizer = load_with_tokenizer(path, dtype=dtype, quantize=quantize)
+        model, tokenizer = load_with_tokenizer(checkpoint, dtype=dtype, quantize=quantize)
         if check_overflow:
             typer.echo(find_overflow(model, encode_prompt(model, tokenizer, prompt)["input_ids"]))
         typer.echo(complete(model, tokenizer, prompt, max_new_tokens))

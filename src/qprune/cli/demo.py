@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qprune.errors import QpruneError
-from qprune.io.source import read_model_config, resolve_model_dir
+from qprune.io.source import open_checkpoint
 from qprune.measure.data import DataSpec
 from qprune.plan import Plan
 from qprune.progress import Progress, as_progress
@@ -61,7 +61,8 @@ def run_demo(
     progress = as_progress(progress)
     source = model or str(EMBEDDED_MODEL)
     name = "the embedded Qwen3" if model is None else model
-    num_layers = read_model_config(resolve_model_dir(source))["num_hidden_layers"]
+    source = open_checkpoint(source)  # opened once: prune, verify and the generations take it
+    num_layers = source.config["num_hidden_layers"]
     target = Path(out) if out is not None else free_output_dir()
     if attn or mlp:
         echo(f"qprune demo: prune the given blocks of {name}, verify the result, compare generations.\n")

@@ -3,7 +3,11 @@ of option values, and `user_errors`, which prints a library or OS error as one l
 command inside `errors.signals_interrupt`, so SIGTERM and SIGHUP stop it the way Ctrl-C does).
 
     @app.command()
-    def scan(model: str, samples: int = SAMPLES, seq_len: int = SEQ_LEN, quiet: bool = QUIET): ...
+    def scan(model: str, samples: int = option(DataSpec, "samples"), quiet: bool = QUIET):
+        show(run_scan(model, settings_from(DataSpec, locals())), as_json)
+
+Options of a settings dataclass's fields are made by `option`, from the field's `setting(...)`: each
+default and help text is written once, in the dataclass.
 
 Exit statuses (the whole CLI, one rule): 0 done; 1 a check failed (verify, demo: FAIL) or a bug in
 qprune (its traceback is printed); 2 one line `error: ...`: the run was refused or could not be done
@@ -15,16 +19,19 @@ signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), after the cleanup ran, with one 
 
 from __future__ import annotations
 
+import copy
 import errno
+import json
 import re
 import signal
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -143,16 +150,52 @@ AS_JSON = typer.Option(False, "--json", help="Print a JSON object instead of the
 FORCE = typer.Option(False, "--force", help="Replace the output directory if it exists and is not empty.")
 
 
-# Calibration / evaluation data, shared by scan, prune --auto (and eval).
-DATA = typer.Option(
-    None, "--data", metavar="SOURCE", help="Text: .txt, .jsonl, .parquet or a datasets id (default: shipped sample)."
-)
-TEXT_FIELD = typer.Option(
-    "text", "--text-field", metavar="NAME", help="Field (jsonl) or column (parquet, datasets) holding text."
-)
-SAMPLES = typer.Option(32, "--samples", metavar="N", help="Number of sequences drawn from the data.")
-SEQ_LEN = typer.Option(512, "--seq-len", metavar="N", help="Tokens per sequence (at most the model's context).")
-SEED = typer.Option(0, "--seed", help="Seed for drawing the sequences.")
+# Calibration / evaluation data, shared by scan and prune --auto: the flags of `DataSpec`'s fields.
+DATA_PANEL = "Calibration data"
+
+
+def option(settings: type, name: str, *, panel: str | None = None, help: str | None = None) -> Any:
+    """The option of one field of a settings dataclass (`DataSpec`, `HealSettings`, `BenchSettings`,
+    `Target`, `Constraints`): flag, default, help and metavar come from the field's `setting(...)`, so
+    they live in one place. `panel`: the heading it is listed under in `--help`."""
+    field = {field.name: field for field in fields(settings)}[name]
+    meta = field.metadata
+    default = meta["text"] if meta["text"] is not None else field.default
+    return typer.Option(
+        default,
+        meta["flag"] or "--" + name.replace("_", "-"),
+        metavar=meta["metavar"],
+        help=help or meta["help"],
+        rich_help_panel=panel,
+    )
+
+
+def in_panel(shared: Any, panel: str) -> Any:
+    """A shared option (`DTYPE`, `MAX_MEMORY`) listed under `panel` in one command's `--help`."""
+    listed = copy.copy(shared)
+    listed.rich_help_panel = panel
+    return listed
+
+
+def show(result: Any, as_json: bool = False) -> None:
+    """Print a command's result: its `text()`, or with --json its `to_dict()` as a JSON object. Every
+    result type has both (PruneResult, SearchResult, ExportResult, ScanReport, EvalReport, BenchReport,
+    HealResult, Description)."""
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
+
+
+def settings_from(settings: type, values: dict[str, Any]):
+    """`settings` built from a command's parameters named as its fields (`locals()`), each parsed by
+    its field's `parse` where the command line gives it as text; fields with no such parameter keep
+    their defaults."""
+    given = {}
+    for field in fields(settings):
+        if field.name in values:
+            parse = field.metadata.get("parse")
+            given[field.name] = parse(values[field.name]) if parse else values[field.name]
+    return settings(**given)
+
+
 DTYPE = typer.Option(
     "auto",
     "--dtype",
@@ -198,16 +241,3 @@ def reporter(quiet: bool):
     progress = Progress(enabled=not quiet)
     quiet_library_bars(progress)
     return progress
-
-
-def data_spec(data: Optional[str], text_field: str, samples: int, seq_len: int, seed: int):
-    from qprune.measure.data import DataSpec
-
-    return DataSpec(data, text_field=text_field, samples=samples, seq_len=seq_len, seed=seed)
-
-
-def parse_batches(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise QpruneError(f"--batch: {text!r} is not a list of batch sizes like 1,8") from None

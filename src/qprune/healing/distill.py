@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qprune.arch import family_of
 from qprune.errors import QpruneError, warn
@@ -46,6 +47,9 @@ from qprune.healing.kd import Sequences, train
 from qprune.healing.settings import HealSettings, learning_rate
 from qprune.measure.data import HELDOUT_SOURCE, DataSpec
 from qprune.progress import Progress, as_progress
+
+if TYPE_CHECKING:
+    from qprune.io.source import Checkpoint
 
 HEAL_REPORT = "qprune_heal.json"
 LOSS_PLOT = "heal_loss.png"
@@ -72,6 +76,8 @@ class HealResult:
                 + (f" ({recovered:.0%} of the gap recovered)" if recovered is not None else ""),
             ]
         )
+
+    text = summary  # what `cli.options.show` prints
 
 
 # -- what trains -----------------------------------------------------------------------------------
@@ -128,13 +134,13 @@ def _base_candidates(student_config: dict) -> list[str]:
     return [name for i, name in enumerate(names) if isinstance(name, str) and name and name not in names[:i]]
 
 
-def _local_base(student_config: dict, base: str | None) -> list[str]:
+def _local_base(student_config: dict, base: str | Path | Checkpoint | None) -> list[str | Path]:
     """The teacher's local directory, where it is known without resolving anything (for path checks)."""
     names = [base] if base is not None else _base_candidates(student_config)
     return [name for name in names if os.path.isdir(os.path.expanduser(name))]
 
 
-def check_teacher(student_config: dict, student_dir: Path, teacher_config: dict, teacher_dir: Path, name: str) -> None:
+def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
     """Refuse a teacher the student was not pruned from: another family, any shape field of the config
     (sizes, heads, vocabulary, tying, experts, dense layers), another tokenizer, or more blocks pruned.
     The first mismatch is named."""
@@ -142,7 +148,8 @@ def check_teacher(student_config: dict, student_dir: Path, teacher_config: dict,
     from qprune.healing.kd import tokenizer_digest
     from qprune.plan import Plan
 
-    student_family, teacher_family = family_of(student_config), family_of(teacher_config, str(teacher_dir))
+    student_config, teacher_config = student.config, teacher.config
+    student_family, teacher_family = family_of(student_config), family_of(teacher_config, str(teacher.dir))
     if student_family is not teacher_family:
         raise QpruneError(
             f"the base {name} is a {teacher_family.title} model, the pruned model a {student_family.title}: "
@@ -156,9 +163,7 @@ def check_teacher(student_config: dict, student_dir: Path, teacher_config: dict,
                 f"the base {name} has {label} {teacher_value}, the pruned model {student_shape[field_name]}: "
                 "not the model it was pruned from (give the right {base})"
             )
-    if tokenizer_digest(student_dir) != tokenizer_digest(teacher_dir) and not _same_vocabulary(
-        student_dir, teacher_dir
-    ):
+    if tokenizer_digest(student) != tokenizer_digest(teacher) and not _same_vocabulary(student, teacher):
         raise QpruneError(
             f"the base {name} has another tokenizer than the pruned model (its vocabulary or token ids differ): "
             "not the model it was pruned from (give the right {base})"
@@ -168,17 +173,17 @@ def check_teacher(student_config: dict, student_dir: Path, teacher_config: dict,
         raise QpruneError(f"the base {name} prunes blocks the student keeps ({teacher_plan}): it cannot teach them")
 
 
-def _same_vocabulary(student_dir: Path, teacher_dir: Path) -> bool:
+def _same_vocabulary(student: Checkpoint, teacher: Checkpoint) -> bool:
     """Whether two tokenizers whose files differ in bytes (another transformers wrote them) still map
     the same tokens to the same ids, special tokens included."""
     from qprune.runtime.load import load_tokenizer
 
     try:
-        teacher = load_tokenizer(teacher_dir)
+        theirs = load_tokenizer(teacher)
     except QpruneError:
         return False  # a teacher without a loadable tokenizer cannot be shown to match
-    student = load_tokenizer(student_dir)
-    return teacher.get_vocab() == student.get_vocab() and teacher.eos_token_id == student.eos_token_id
+    ours = load_tokenizer(student)
+    return theirs.get_vocab() == ours.get_vocab() and theirs.eos_token_id == ours.eos_token_id
 
 
 def _resolve_teacher(student_checkpoint, pruned: str, base: str | None):
@@ -203,8 +208,8 @@ def _resolve_teacher(student_checkpoint, pruned: str, base: str | None):
         raise QpruneError(
             f"the base model {pruned} records ({' or '.join(names)}) is unavailable: {failure.template}; give {{base}}"
         ) from None
-    check_teacher(config, student_checkpoint.dir, teacher.config, teacher.dir, name)
-    return name, teacher
+    check_teacher(student_checkpoint, teacher, teacher.name)
+    return teacher.name, teacher
 
 
 # -- paths -----------------------------------------------------------------------------------------
@@ -298,11 +303,11 @@ def _card(student_dir: Path, out: Path) -> str:
 
 
 def heal(
-    pruned: str | Path,
+    pruned: str | Path | Checkpoint,
     out: str | Path,
     settings: HealSettings = HealSettings(),
     *,
-    base: str | None = None,
+    base: str | Path | Checkpoint | None = None,
     data: DataSpec = DataSpec(),
     eval_data: DataSpec = DataSpec(HELDOUT_SOURCE),
     teacher_cache: str | Path | None = None,
@@ -368,7 +373,7 @@ def _run(
     from qprune.measure.evaluate import perplexity
     from qprune.runtime.load import load, load_tokenizer
 
-    tokenizer = load_tokenizer(student_checkpoint.dir)
+    tokenizer = load_tokenizer(student_checkpoint)
     train_ids = _training_sequences(data, tokenizer, settings, world, progress)
     eval_ids = torch.tensor(take_tokens(eval_data, tokenizer, settings.eval_tokens), dtype=torch.long)
     if eval_ids.numel() < 2:
@@ -379,8 +384,8 @@ def _run(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     progress.note(f"loading the teacher {portable_name(teacher_name)} and the student {pruned}")
-    teacher = load(teacher_checkpoint.dir, dtype=torch.float32).to(device)
-    student = load(student_checkpoint.dir, dtype=torch.float32).to(device)
+    teacher = load(teacher_checkpoint, dtype=torch.float32).to(device)
+    student = load(student_checkpoint, dtype=torch.float32).to(device)
     stride = max(1, settings.seq_len // 2)
 
     def held_out(model) -> float:
@@ -396,7 +401,7 @@ def _run(
         k = min(settings.top_k or teacher.config.vocab_size, teacher.config.vocab_size)
         identity = cache_identity(
             teacher=checkpoint_digest(teacher_checkpoint.dir, teacher_checkpoint.config),
-            tokenizer=tokenizer_digest(student_checkpoint.dir),
+            tokenizer=tokenizer_digest(student_checkpoint),
             top_k=k,
             data={key: data.describe()[key] for key in ("source", "text_field", "split")},
             seq_len=settings.seq_len,

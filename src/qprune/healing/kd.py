@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from qprune.healing.settings import HealSettings
+    from qprune.io.source import Checkpoint
     from qprune.progress import Progress
 
 
@@ -153,8 +154,15 @@ def checkpoint_digest(model_dir: Path, config: dict) -> str:
     return digest.hexdigest()
 
 
-def tokenizer_digest(model_dir: Path) -> str:
-    """The identity of a checkpoint's tokenizer: the bytes of the files that define its vocabulary."""
+def tokenizer_digest(checkpoint: Checkpoint) -> str:
+    """The identity of a checkpoint's tokenizer: the bytes of the files that define its vocabulary
+    (read once per Checkpoint)."""
+    if "tokenizer_digest" not in checkpoint.memo:
+        checkpoint.memo["tokenizer_digest"] = _tokenizer_digest(checkpoint.dir)
+    return checkpoint.memo["tokenizer_digest"]
+
+
+def _tokenizer_digest(model_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in TOKENIZER_FILES:
         if (model_dir / name).is_file():

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from qprune.errors import QpruneError
+from qprune.setting import setting
 
 LOSSES = ("kd", "lm", "mix")
 SMALL_MODEL = 100_000_000  # parameters; small models take a larger default learning rate
@@ -17,20 +18,29 @@ SMALL_MODEL = 100_000_000  # parameters; small models take a larger default lear
 
 @dataclass(frozen=True)
 class HealSettings:
-    tokens: int = 500_000  # training budget, summed over processes
-    seq_len: int = 256
-    batch_size: int = 8  # sequences per optimizer step and process (before accumulation)
-    grad_accum: int = 1
-    lr: float | None = None  # None: 1e-3 below SMALL_MODEL parameters, 1e-4 above (see `learning_rate`)
-    warmup: float = 0.05  # share of the steps
-    loss: str = "kd"
-    lm_weight: float = 0.5  # "mix": loss = KD + lm_weight * LM; must be > 0 (0 would be "kd")
-    lora: int | None = None  # LoRA rank; None trains the weights themselves
-    last_layers: int | None = None  # train only the last K layers, the final norm and lm_head
-    seed: int = 0
-    top_k: int | None = None  # teacher cache: log-probabilities kept per token (None: the whole vocabulary)
-    eval_tokens: int = 40_000  # held-out tokens scored before and after
-    gradient_checkpointing: bool = False
+    tokens: int = setting(500_000, "Training budget in tokens (summed over processes).", metavar="N")
+    seq_len: int = setting(256, "Tokens per training sequence.", metavar="N")
+    # Sequences per optimizer step and process (before accumulation).
+    batch_size: int = setting(8, "Sequences per step (per process).", metavar="N")
+    grad_accum: int = setting(1, "Gradient accumulation steps.", metavar="N")
+    # None: 1e-3 below SMALL_MODEL parameters, 1e-4 above (see `learning_rate`).
+    lr: float | None = setting(
+        None,
+        "Peak learning rate, warm-up then cosine decay (default: 1e-3 below 100M parameters, else 1e-4).",
+        metavar="RATE",
+    )
+    warmup: float = 0.05  # share of the steps (no flag)
+    loss: str = setting("kd", "kd (distillation), lm (next token) or mix (kd + --lm-weight x lm).", metavar="kd|lm|mix")
+    # "mix": loss = KD + lm_weight * LM; must be > 0 (0 would be "kd").
+    lm_weight: float = setting(0.5, "--loss mix: weight of the LM loss.", metavar="WEIGHT")
+    # None trains the weights themselves.
+    lora: int | None = setting(None, "Train LoRA adapters of this rank, merged at the end.", metavar="RANK")
+    last_layers: int | None = setting(None, "Train only the last K layers, the final norm and lm_head.", metavar="K")
+    seed: int = setting(0, "Seed for the data order and the LoRA initialisation.")
+    # None: the whole vocabulary.
+    top_k: int | None = setting(None, "--teacher-cache: log-probs kept per token (default: all).", metavar="K")
+    eval_tokens: int = setting(40_000, "Held-out tokens scored before and after.", metavar="N")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
 
     def validate(self) -> None:
         """Every setting on its own (what needs the model, like `last_layers` against its depth, is

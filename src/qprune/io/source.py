@@ -5,6 +5,10 @@
     config = read_model_config(model_dir)              # raises unless a supported family's valid config
     checkpoint = open_checkpoint("Qwen/Qwen3-0.6B")    # both, plus every header and tensor checked
 
+A command opens its checkpoint once and passes the `Checkpoint` down: loading, the streamed model,
+pruning, export, calibration data, healing, verify and scan all take one (or a path, which they open),
+so config.json and the safetensors headers are read once per command, and the tokenizer loaded once.
+
 Only safetensors are ever downloaded or read; offline use gets an error that says what to do. Every
 check raises a `QpruneError` naming the file and what is wrong with it.
 """
@@ -13,8 +17,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qprune import shipped
 from qprune.arch import family_of, tensor_block
@@ -80,10 +85,11 @@ def resolve_model_dir(source: str) -> Path:
         ) from None
 
 
-def portable_name(source: str) -> str:
+def portable_name(source: str | Path | Checkpoint) -> str:
     """How a model card or config names where a model came from, without a user's directory layout:
     the hub id when `source` is one (or a hub-cache copy of one), the short name of a shipped model
     (`qprune:qwen3-pydocs`, also when given by its directory), else the directory's name."""
+    source = str(source)  # a Checkpoint: what the user named
     if shipped_model_dir(source) is not None:
         return source
     path = Path(source).expanduser()
@@ -146,13 +152,17 @@ def read_model_config(model_dir: Path) -> dict:
     return config
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Checkpoint:
-    """A checkpoint directory whose config, safetensors headers and tensor set have been checked."""
+    """A checkpoint directory whose config, safetensors headers and tensor set have been checked: what
+    every step of a command takes instead of a path, so nothing is resolved or read twice."""
 
     dir: Path
     config: dict
     tensors: dict[str, TensorEntry]
+    source: str = ""  # as the user named it (a hub id, `qprune:NAME`, a path): for cards and messages
+    # What is derived from the files and costs a read to build (the tokenizer): built once, on first use.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def plan(self) -> Plan:
@@ -162,16 +172,32 @@ class Checkpoint:
     def files(self) -> list[Path]:
         return sorted({entry.file for entry in self.tensors.values()})
 
+    @property
+    def name(self) -> str:
+        """How messages name it: what the user typed."""
+        return self.source or str(self.dir)
 
-def open_checkpoint(source: str | Path) -> Checkpoint:
+    def __str__(self) -> str:
+        return self.name
+
+    def __fspath__(self) -> str:  # where a library wants a path (transformers, open), the directory
+        return str(self.dir)
+
+
+def open_checkpoint(source: str | Path | Checkpoint, *, complete: bool = True) -> Checkpoint:
     """Resolve `source` (a directory or hub id) and check everything qprune will read from it, before
     anything is written: config.json, the shard index, every safetensors header, and that the tensors
-    the checkpoint's plan keeps are all there with the shapes its config implies."""
+    the checkpoint's plan keeps are all there with the shapes its config implies. A Checkpoint is
+    returned as it is: it was checked when it was opened. `complete=False` leaves the tensor set to the
+    caller (verify reports a missing tensor as a failed check; it calls `check_complete` after)."""
+    if isinstance(source, Checkpoint):
+        return source
     model_dir = resolve_model_dir(str(source))
     config = read_model_config(model_dir)
     tensors = read_checkpoint(model_dir)
-    check_complete(config, tensors, Plan.from_config(config), model_dir)
-    return Checkpoint(model_dir, config, tensors)
+    if complete:
+        check_complete(config, tensors, Plan.from_config(config), model_dir)
+    return Checkpoint(model_dir, config, tensors, str(source))
 
 
 # What a model's weights may be stored as (without a quantization_config): an integer dtype would be

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-Block = tuple[int, str]
+from qprune.measure.goal import Block
+
 KINDS = ("attn", "mlp")
 _LOGIT_BUDGET = 2**20  # float32 logits computed at once (4 MB): big chunks spill out of CPU caches
 

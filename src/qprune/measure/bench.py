@@ -41,19 +41,34 @@ from qprune.runtime.memory import return_freed_memory
 from qprune.runtime.precision import check_dtype_name, resolve_auto
 from qprune.runtime.quantize import mode_named, parameter_bytes
 from qprune.runtime.quantize import quantize as quantize_model
+from qprune.setting import setting
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
+
+    from qprune.io.source import Checkpoint
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise QpruneError(f"{{batches}}: {text!r} is not a list of batch sizes like 1,8") from None
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    prompt_len: int = 512
-    new_tokens: int = 64
-    batches: tuple[int, ...] = (1,)
-    repeats: int = 5
-    warmup: int = 1
-    seed: int = 0
+    prompt_len: int = setting(512, "Prompt tokens per sequence (prefill).", metavar="N")
+    new_tokens: int = setting(64, "Decode steps per sequence.", metavar="N")
+    batches: tuple[int, ...] = setting(
+        (1,), "Batch sizes, e.g. 1,8 (a table for each).", metavar="SIZES", flag="--batch", text="1",
+        parse=parse_batches,
+    )  # fmt: skip
+    repeats: int = setting(5, "Timed repetitions (the median is reported).", metavar="N")
+    warmup: int = setting(1, "Untimed repetitions first.", metavar="N")
+    seed: int = setting(0, "Seed for the random prompts (and --shape's random weights).")
 
     def validate(self) -> None:
         for name, value, least in (
@@ -145,6 +160,8 @@ class BenchReport:
         ]
         return "\n".join(lines)
 
+    text = table  # what `cli.options.show` prints
+
 
 def _speed_row(label: str, dense: float, pruned: float, row: dict, kind: str) -> str:
     # The speed-up of the figures on this row, so that the row reads consistently; the paired median
@@ -201,17 +218,24 @@ def _default_dtype(dtype) -> Iterator[None]:
         torch.set_default_dtype(saved)
 
 
-def checkpoint_pair(model: str, base: str, dtype: torch.dtype, device: str, quantize: str | None = None):
-    """The base (dense) and pruned checkpoints, loaded; refused before loading unless their shapes agree."""
-    from qprune.io.source import read_model_config, resolve_model_dir
+def checkpoint_pair(
+    model: str | Path | Checkpoint,
+    base: str | Path | Checkpoint,
+    dtype: torch.dtype,
+    device: str,
+    quantize: str | None = None,
+):
+    """The base (dense) and pruned checkpoints (paths, hub ids or Checkpoints), loaded; refused before
+    loading unless their shapes agree."""
+    from qprune.io.source import open_checkpoint
     from qprune.runtime.load import load
 
-    model_dir, base_dir = resolve_model_dir(model), resolve_model_dir(base)
-    shapes = Shape.from_config(read_model_config(model_dir)), Shape.from_config(read_model_config(base_dir))
+    model, base = open_checkpoint(model), open_checkpoint(base)
+    shapes = Shape.from_config(model.config), Shape.from_config(base.config)
     if shapes[0] != shapes[1]:
         raise QpruneError(f"{model} and {{base}} {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
     device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
-    return tuple(load(d, dtype=dtype, device_map=device_map, quantize=quantize) for d in (base_dir, model_dir))
+    return tuple(load(c, dtype=dtype, device_map=device_map, quantize=quantize) for c in (base, model))
 
 
 def cache_bytes(cache) -> int:
@@ -355,8 +379,8 @@ def _paired(dense: list[float], pruned: list[float]) -> float:
 
 
 def run_bench(
-    model: str | None = None,
-    base: str | None = None,
+    model: str | Path | Checkpoint | None = None,
+    base: str | Path | Checkpoint | None = None,
     shape: str | None = None,
     plan: Plan | None = None,
     settings: BenchSettings = BenchSettings(),
@@ -409,7 +433,7 @@ def run_bench(
             raise QpruneError("{layers} goes with {shape}")
         dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device, quantize)
         the_shape = Shape.from_config(dense.config)
-        source = {"model": model, "base": base, "description": f"{model} vs {base}"}
+        source = {"model": str(model), "base": str(base), "description": f"{model} vs {base}"}
     dense_plan = Plan.from_config(dense.config.to_dict())
     pruned_plan = Plan.from_config(pruned.config.to_dict())
     rows = measure(dense, pruned, settings, device, progress)

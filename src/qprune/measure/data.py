@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qprune.errors import QpruneError
+from qprune.setting import setting
 from qprune.shipped import CALIBRATION_TEXT, HELDOUT_TEXT, PREFIX, TEXT_DIR
 
 if TYPE_CHECKING:
@@ -45,11 +46,17 @@ _DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")  # name,
 class DataSpec:
     """Where the text comes from and how it is cut; recorded in every report."""
 
-    source: str | None = None  # None: the calibration sample shipped with qprune; "qprune:NAME": a shipped text
-    text_field: str = "text"
-    samples: int | None = 32  # None: every window
-    seq_len: int = 512
-    seed: int = 0
+    # None: the calibration sample shipped with qprune; "qprune:NAME": a shipped text
+    source: str | None = setting(
+        None,
+        "Text: .txt, .jsonl, .parquet or a datasets id (default: shipped sample).",
+        metavar="SOURCE",
+        flag="--data",
+    )
+    text_field: str = setting("text", "Field (jsonl) or column (parquet, datasets) holding text.", metavar="NAME")
+    samples: int | None = setting(32, "Number of sequences drawn from the data.", metavar="N")  # None: every window
+    seq_len: int = setting(512, "Tokens per sequence (at most the model's context).", metavar="N")
+    seed: int = setting(0, "Seed for drawing the sequences.")
     split: str = "train"  # for `datasets` ids
 
     def describe(self) -> dict:
@@ -240,23 +247,24 @@ def load_token_batches(spec: DataSpec, tokenizer) -> torch.Tensor:
     return torch.tensor([tokens[i * spec.seq_len : (i + 1) * spec.seq_len] for i in chosen], dtype=torch.long)
 
 
-def check_seq_len(seq_len: int, model_dir, name: str | None = None, window: int | None = None) -> None:
+def check_seq_len(seq_len: int, checkpoint, window: int | None = None) -> None:
     """Refuse windows longer than the model's context (`max_position_embeddings`): positions past it were
     never trained, and scores measured there would mislead without a word. `window`: the length actually
-    used, when less than `seq_len` (a short text). Reads only config.json."""
-    from qprune.io.source import read_model_config
+    used, when less than `seq_len` (a short text). `checkpoint`: a Checkpoint, or a path to open."""
+    from qprune.io.source import open_checkpoint
 
-    limit = read_model_config(Path(model_dir)).get("max_position_embeddings")
+    checkpoint = open_checkpoint(checkpoint)
+    limit = checkpoint.config.get("max_position_embeddings")
     used = seq_len if window is None else min(seq_len, window)
     if isinstance(limit, int) and not isinstance(limit, bool) and used > limit:
         raise QpruneError(
-            f"{{seq_len}} {seq_len} is longer than the context of {name or model_dir}: {limit} tokens "
+            f"{{seq_len}} {seq_len} is longer than the context of {checkpoint.name}: {limit} tokens "
             f"(max_position_embeddings in its config.json); use at most {limit}"
         )
 
 
 def load_for_measurement(
-    source: str, spec, dtype: str = "auto", progress: bool | Progress = False, max_memory: int | None = None
+    source, spec, dtype: str = "auto", progress: bool | Progress = False, max_memory: int | None = None
 ):
     """(model, calibration batch) for scan and search. The data is read first, so its errors come
     before a long load. The model holds every weight the checkpoint has, in `dtype` ("auto": see
@@ -265,7 +273,7 @@ def load_for_measurement(
     the model with its states does not fit in it, or, on a CPU, when it does not fit the memory available."""
     import torch
 
-    from qprune.io.source import resolve_model_dir
+    from qprune.io.source import open_checkpoint
     from qprune.measure.memory_plan import MemoryPlan, layer_by_layer_limit
     from qprune.progress import as_progress
     from qprune.runtime.load import load, load_config, load_tokenizer
@@ -273,16 +281,16 @@ def load_for_measurement(
 
     progress = as_progress(progress)
     dtype = resolve_auto(check_dtype_name(dtype, float16=False), progress.note)
-    model_dir = resolve_model_dir(source)
-    check_seq_len(spec.seq_len, model_dir, source)
-    batch = load_token_batches(spec, load_tokenizer(model_dir))
-    progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {source}")
+    checkpoint = open_checkpoint(source)  # `source`: a Checkpoint, or a directory or hub id to open
+    check_seq_len(spec.seq_len, checkpoint)
+    batch = load_token_batches(spec, load_tokenizer(checkpoint))
+    progress.note(f"calibration: {batch.shape[0]} sequences of {batch.shape[1]} tokens; loading {checkpoint.name}")
     samples, seq_len = batch.shape
-    plan = MemoryPlan.of(load_config(model_dir), getattr(torch, dtype), samples=samples, seq_len=seq_len, kl=True)
+    plan = MemoryPlan.of(load_config(checkpoint), getattr(torch, dtype), samples=samples, seq_len=seq_len, kl=True)
     limit = layer_by_layer_limit(plan, max_memory, progress)
     if limit is not None:
         from qprune.runtime.streamed import StreamedModel
 
-        return StreamedModel.open(model_dir, getattr(torch, dtype), max_memory=limit), batch
+        return StreamedModel(checkpoint, getattr(torch, dtype), max_memory=limit), batch
     device_map = "auto" if torch.cuda.is_available() else None
-    return load(model_dir, dtype=getattr(torch, dtype), device_map=device_map), batch
+    return load(checkpoint, dtype=getattr(torch, dtype), device_map=device_map), batch

@@ -32,6 +32,8 @@ from qprune.runtime.precision import NonFiniteLogitsError, OverflowReport, overf
 if TYPE_CHECKING:
     import torch
 
+    from qprune.io.source import Checkpoint
+
 
 @dataclass(frozen=True)
 class Window:
@@ -192,6 +194,8 @@ class EvalReport:
                 lines.append(f"  base:  {_one_line(self.base.generations[i])}")
         return "\n".join(lines)
 
+    text = table  # what `cli.options.show` prints
+
 
 def _one_line(text: str) -> str:
     return text.strip().replace("\n", "\\n")
@@ -201,8 +205,8 @@ DEFAULT_WINDOW = 1024  # eval's --seq-len when none is given and the model's con
 
 
 def run_eval(
-    model: str,
-    base: str | None = None,
+    model: str | Path | Checkpoint,
+    base: str | Path | Checkpoint | None = None,
     spec: DataSpec | None = None,
     seq_len: int | None = None,
     stride: int | None = None,
@@ -223,7 +227,7 @@ def run_eval(
     for its perplexity (the same value); generations, quantization and the overflow check need it whole."""
     import torch
 
-    from qprune.io.source import read_model_config, resolve_model_dir
+    from qprune.io.source import open_checkpoint
     from qprune.runtime.generate import complete
     from qprune.runtime.load import load, load_tokenizer
     from qprune.runtime.precision import find_overflow
@@ -237,21 +241,19 @@ def run_eval(
     spec = spec or DataSpec(HELDOUT_SOURCE)
     prompt_list = read_prompts(prompts) if prompts is not None else []
     # Everything that can be refused is checked before a model is loaded.
-    model_dir = resolve_model_dir(model)
-    base_dir = resolve_model_dir(base) if base is not None else None
-    vocab = read_model_config(model_dir)["vocab_size"]
-    if base_dir is not None and read_model_config(base_dir)["vocab_size"] != vocab:
+    checkpoints = [open_checkpoint(model)] + ([open_checkpoint(base)] if base is not None else [])
+    if len({c.config["vocab_size"] for c in checkpoints}) > 1:
+        model, base = (c.name for c in checkpoints)
         raise QpruneError(f"{model} and {{base}} {base} have different vocabularies; perplexities would not compare")
     if seq_len is None:  # the default never asks for more context than a model has
-        contexts = [read_model_config(d).get("max_position_embeddings") for d in (model_dir, base_dir) if d]
+        contexts = [c.config.get("max_position_embeddings") for c in checkpoints]
         seq_len = min([DEFAULT_WINDOW] + [c for c in contexts if isinstance(c, int) and c >= 2])
     stride = max(1, seq_len // 2) if stride is None else stride
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(checkpoints[0])
     tokens = torch.tensor(tokenize(spec, tokenizer)[:max_tokens], dtype=torch.long)
     windows(tokens.numel(), seq_len, stride)  # bad --seq-len / --stride before loading
-    for name, path in ((model, model_dir), (base, base_dir)):
-        if path is not None:
-            check_seq_len(seq_len, path, name, window=tokens.numel())
+    for checkpoint in checkpoints:
+        check_seq_len(seq_len, checkpoint, window=tokens.numel())
     if tokens.numel() < 3:  # a perplexity over one token is that token's probability, not a measure
         raise QpruneError(
             f"the text has {tokens.numel()} token(s): perplexity needs at least 2 tokens scored (3 in all); "
@@ -270,18 +272,17 @@ def run_eval(
     progress = as_progress(progress)
     dtype = resolve_auto(dtype, progress.note)
     results = []
-    for label, name, path in (("model", model, model_dir), ("base", base, base_dir)):
-        if path is None:
-            continue
+    for label, checkpoint in zip(("model", "base")[: len(checkpoints)], checkpoints, strict=True):
+        name = checkpoint.name
         streamed = (
             None
             if quantize
-            else _layer_by_layer(path, dtype, tokens.numel(), seq_len, stride, batch_size, max_memory, progress)
+            else _layer_by_layer(checkpoint, dtype, tokens.numel(), seq_len, stride, batch_size, max_memory, progress)
         )
         if streamed is not None and (prompt_list or check_overflow):
             wanted = "{prompts}" if prompt_list else "{check_overflow}"
             raise QpruneError(f"{name} is measured layer by layer; {wanted} needs the whole model in memory")
-        loaded = streamed or load(path, dtype=dtype, device_map=device_map, quantize=quantize)
+        loaded = streamed or load(checkpoint, dtype=dtype, device_map=device_map, quantize=quantize)
         overflow = find_overflow(loaded, tokens[None, :seq_len]) if check_overflow else None
         if overflow is not None and overflow.first is not None:
             raise NonFiniteLogitsError(f"{name}: {overflow}; {overflow_message(loaded, suggest_check=False)}")
@@ -305,21 +306,22 @@ def run_eval(
 
 
 def _layer_by_layer(
-    path, dtype: str | None, tokens: int, seq_len: int, stride: int, batch_size: int, max_memory, progress
+    checkpoint, dtype: str | None, tokens: int, seq_len: int, stride: int, batch_size: int, max_memory, progress
 ):
-    """A `StreamedModel` when the checkpoint at `path` is to be run layer by layer, else None."""
+    """A `StreamedModel` when the (opened) checkpoint is to be run layer by layer, else None."""
     import torch
 
-    from qprune.io.source import read_model_config
     from qprune.measure.memory_plan import MemoryPlan, layer_by_layer_limit
     from qprune.runtime.load import load_config
     from qprune.runtime.precision import choose_dtype
     from qprune.runtime.streamed import StreamedModel
 
-    raw = read_model_config(Path(path))
+    raw = checkpoint.config
     concrete = choose_dtype(dtype, raw.get("dtype") or raw.get("torch_dtype"), torch.cuda.is_available())
     length = min(seq_len, tokens)
     count = len(windows(tokens, seq_len, stride))
-    plan = MemoryPlan.of(load_config(path), concrete, samples=count, seq_len=length, kl=False, micro_batch=batch_size)
+    plan = MemoryPlan.of(
+        load_config(checkpoint), concrete, samples=count, seq_len=length, kl=False, micro_batch=batch_size
+    )
     limit = layer_by_layer_limit(plan, max_memory, progress)
-    return None if limit is None else StreamedModel.open(path, concrete, max_memory=limit)
+    return None if limit is None else StreamedModel(checkpoint, concrete, max_memory=limit)

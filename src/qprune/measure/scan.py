@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from qprune.io.output import atomic_output, check_output
+from qprune.io.source import Checkpoint
 from qprune.measure.ablation import KINDS, Block, TokenStats, all_blocks, micro_batches, token_stats
 from qprune.measure.data import DataSpec
 from qprune.measure.engine import engine_of
@@ -303,9 +304,23 @@ class ScanReport:
     out: Path | None
     heatmap: bool
 
+    def to_dict(self) -> dict:
+        return self.report
+
+    def text(self) -> str:
+        lines = [self.result.table()]
+        if self.out is not None:
+            lines.append(f"\nreport: {self.out / 'scan.json'}")
+            lines.append(
+                f"heatmap: {self.out / 'scan.png'}"
+                if self.heatmap
+                else "heatmap: skipped, needs matplotlib: pip install matplotlib"
+            )
+        return "\n".join(lines)
+
 
 def run_scan(
-    source: str,
+    source: str | Path | Checkpoint,
     spec: DataSpec,
     out: Path | None = None,
     *,
@@ -317,6 +332,7 @@ def run_scan(
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png. With
     `max_memory` (bytes), a model that does not fit is scanned layer by layer within it."""
+    from qprune.io.source import open_checkpoint
     from qprune.measure.data import load_for_measurement
     from qprune.progress import as_progress
 
@@ -324,14 +340,15 @@ def run_scan(
         check_output(Path(out), force, sources=[source])
     start = time.perf_counter()
     progress = as_progress(progress)
-    model, batch = load_for_measurement(source, spec, dtype, progress, max_memory)
+    checkpoint = open_checkpoint(source)
+    model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
     loaded = time.perf_counter()
     progress.note(f"scanning {2 * model.config.num_hidden_layers} blocks")
     result = scan_blocks(model, batch, progress=progress, whole_layers=whole_layers)
     result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start
     report = {
-        "model": source,
+        "model": checkpoint.name,
         "data": spec.describe(),
         "seed": spec.seed,
         "dtype": dtype,
@@ -341,7 +358,7 @@ def run_scan(
     }
     heatmap = False
     if out is not None:
-        with atomic_output(Path(out), force, sources=[source]) as tmp:
+        with atomic_output(Path(out), force, sources=[checkpoint.dir]) as tmp:
             (tmp / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
-            heatmap = write_heatmap(result, tmp / "scan.png", Path(source.rstrip("/")).name)
+            heatmap = write_heatmap(result, tmp / "scan.png", Path(checkpoint.name.rstrip("/")).name)
     return ScanReport(result, report, Path(out) if out is not None else None, heatmap)

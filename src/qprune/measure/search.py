@@ -27,59 +27,13 @@ from qprune.cost import Shape, block_parameters
 from qprune.errors import QpruneError, warn
 from qprune.measure.ablation import Block, FullForwardRunner, all_blocks, expand
 from qprune.measure.engine import engine_of
+from qprune.measure.goal import Constraints, Target
 from qprune.measure.report import SearchReport, SearchStep
 from qprune.plan import Plan
 
 METHODS = ("greedy", "oneshot")
 SEARCH_METRICS = ("nll", "kl")
 ONESHOT_METRICS = ("cosine", "update", "nll", "kl")
-
-
-@dataclass(frozen=True)
-class Constraints:
-    only: str | None = None  # "attn" or "mlp"
-    keep_first: int = 0
-    keep_last: int = 0
-    whole_layers: bool = False  # candidates are layers (both blocks), not blocks
-
-    def __post_init__(self) -> None:
-        if self.only not in (None, "attn", "mlp"):
-            raise QpruneError(f"{{only}} {self.only}: choose attn or mlp")
-        if self.whole_layers and self.only is not None:
-            raise QpruneError("{whole_layers} removes both blocks of a layer; it cannot be combined with {only}")
-
-    def describe(self, already_pruned: bool = False) -> str:
-        """What keeps blocks out of reach, naming the arguments: "{only} mlp, {keep_first} 2"."""
-        parts = [f"{{only}} {self.only}"] if self.only else []
-        parts += [f"{{{name}}} {value}" for name, value in vars(self).items() if name.startswith("keep_") and value]
-        parts += ["{whole_layers}"] if self.whole_layers else []
-        parts += ["the blocks the checkpoint already prunes"] if already_pruned else []
-        return ", ".join(parts)
-
-    def allows(self, block: Block, num_layers: int) -> bool:
-        layer, kind = block
-        return (
-            (self.only is None or kind == self.only)
-            and layer >= self.keep_first
-            and layer < num_layers - self.keep_last
-        )
-
-
-@dataclass(frozen=True)
-class Target:
-    blocks: int | None = None
-    param_ratio: float | None = None
-
-    def __post_init__(self) -> None:
-        if (self.blocks is None) == (self.param_ratio is None):
-            raise QpruneError("give exactly one of {blocks} and {param_ratio}")
-        if self.blocks is not None and self.blocks < 1:
-            raise QpruneError("{blocks} must be at least 1")
-        if self.param_ratio is not None and not 0 < self.param_ratio < 1:
-            raise QpruneError("{param_ratio} must be between 0 and 1 (the share of decoder parameters to remove)")
-
-    def describe(self) -> dict:
-        return {"blocks": self.blocks} if self.blocks is not None else {"param_ratio": self.param_ratio}
 
 
 class _Budget:
@@ -165,6 +119,8 @@ class SearchResult:
             lines.append(f"{k:>3}. layer {step.layer:>3} {kind:<4}  {figures}")
         lines.append(f"decoder parameters removed: {self.params_removed_share:.1%}")
         return "\n".join(lines)
+
+    text = table  # what `cli.options.show` prints
 
 
 def _candidates(model, removed: set[Block], constraints: Constraints) -> list[Block]:

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from qprune.arch import family_of
 from qprune.errors import QpruneError
-from qprune.io.safetensors import read_checkpoint
-from qprune.io.source import check_pruned_absent, open_checkpoint, read_model_config, resolve_model_dir
+from qprune.io.source import Checkpoint, check_complete, check_pruned_absent, open_checkpoint
 from qprune.plan import Plan
 from qprune.runtime.load import load, load_config
 from qprune.runtime.precision import overflow_message
@@ -64,13 +63,11 @@ def _describe_difference(expected: set[str], actual: set[str]) -> str:
     return "; ".join(parts)
 
 
-def check_keys(model_dir: Path, base_dir: Path | None) -> Check:
-    tensors = read_checkpoint(model_dir)
-    config = read_model_config(model_dir)
-    plan = Plan.from_config(config)
-    check_pruned_absent(tensors, plan, model_dir)  # an error, not a failed check: as everywhere else
-    if base_dir is not None:
-        base = read_checkpoint(base_dir)
+def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Check:
+    tensors, config, plan = checkpoint.tensors, checkpoint.config, checkpoint.plan
+    check_pruned_absent(tensors, plan, checkpoint.dir)  # an error, not a failed check: as everywhere else
+    if base_checkpoint is not None:
+        base = base_checkpoint.tensors
         expected = {name for name in base if not plan.prunes(name)}
         source = f"base {len(base)} tensors - {len(base) - len(expected)} of pruned blocks"
     else:
@@ -92,7 +89,7 @@ def check_keys(model_dir: Path, base_dir: Path | None) -> Check:
     return Check("keys", f"{len(actual)} tensors = {source}", True)
 
 
-def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
+def _oracle(base_checkpoint: Checkpoint, plan: Plan, quantize: str | None = None):
     """The base as stock transformers computes it, with the pruned blocks' output projections zeroed.
     Quantized, it is quantized the same way except for those zeroed projections: they stay float32
     zeros, so the blocks add exactly nothing (a zero weight has no scale to quantize it with)."""
@@ -100,8 +97,8 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
 
     from qprune.runtime.quantize import quantization_config
 
-    base_config = read_model_config(base_dir)
-    family, base_plan = family_of(base_config), Plan.from_config(base_config)
+    base_config, base_dir = base_checkpoint.config, base_checkpoint.dir
+    family, base_plan = family_of(base_config), base_checkpoint.plan
     blocks = {(i, "attn") for i in set(plan.attn) - set(base_plan.attn)}
     blocks |= {(i, "mlp") for i in set(plan.mlp) - set(base_plan.mlp)}
 
@@ -114,11 +111,11 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
         skip = sorted(name.removesuffix(".weight") for name in family.expected_tensors(base_config) if zeroed(name))
         on_cuda = torch.cuda.is_available()
         kwargs["quantization_config"] = quantization_config(
-            quantize, load_config(base_dir), torch.float32, also_skip=skip, on_cuda=on_cuda
+            quantize, load_config(base_checkpoint), torch.float32, also_skip=skip, on_cuda=on_cuda
         )
         kwargs["device_map"] = "auto" if on_cuda else None  # where `load` puts the quantized model too
     if base_plan.num_blocks:  # the base is itself pruned: no stock class can hold it
-        oracle = load(base_dir, dtype=torch.float32, **kwargs)
+        oracle = load(base_checkpoint, dtype=torch.float32, **kwargs)
     else:
         _, stock_class = family.stock_classes()
         oracle = stock_class.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True, **kwargs)
@@ -129,7 +126,7 @@ def _oracle(base_dir: Path, plan: Plan, quantize: str | None = None):
     return oracle.eval()
 
 
-def self_oracle(model_dir: Path):
+def self_oracle(checkpoint: str | Path | Checkpoint):
     """The stock model of the checkpoint's family (float32) holding the checkpoint's own tensors, with
     every tensor of a pruned block zero-filled: the oracle for any checkpoint, healed ones included
     (whose weights no longer equal the base's), and for checkpoints verified without `--base`. It is
@@ -140,10 +137,9 @@ def self_oracle(model_dir: Path):
     import torch
 
     from qprune.io.safetensors import write_shards
-    from qprune.io.source import open_checkpoint
     from qprune.io.stock import stock_config, stock_tensors
 
-    checkpoint = open_checkpoint(model_dir)
+    checkpoint = open_checkpoint(checkpoint)
     layers = list(range(checkpoint.config["num_hidden_layers"]))
     _, stock_class = family_of(checkpoint.config).stock_classes()
     with tempfile.TemporaryDirectory(prefix="qprune-oracle-") as tmp:
@@ -222,11 +218,11 @@ def check_cache(model, input_ids, new_tokens: int) -> Check:
     return Check("cache", detail, passed)
 
 
-def check_params(model, model_dir: Path) -> Check:
+def check_params(model, checkpoint: Checkpoint) -> Check:
     """Unquantized: the model holds exactly the parameters the checkpoint stores. Quantized: every
     Linear that runs is quantized, and the pruned blocks' Linears hold nothing."""
     if not getattr(model, "qprune_quantized", None):
-        stored = sum(entry.numel for entry in read_checkpoint(model_dir).values())
+        stored = sum(entry.numel for entry in checkpoint.tensors.values())
         held = sum(p.numel() for p in model.parameters())
         return Check("params", f"loaded model holds {held:,} parameters, checkpoint stores {stored:,}", held == stored)
     from torch import nn
@@ -256,8 +252,8 @@ def _is_plain(weight) -> bool:
 
 
 def verify(
-    path: str,
-    base: str | None = None,
+    path: str | Path | Checkpoint,
+    base: str | Path | Checkpoint | None = None,
     *,
     quantize: str | None = None,
     seq_len: int = 32,
@@ -272,16 +268,17 @@ def verify(
 
     note = progress.note if progress else lambda message: None
 
-    model_dir = resolve_model_dir(path)
-    base_dir = resolve_model_dir(base) if base else None
-    checks = [check_keys(model_dir, base_dir)]
+    checkpoint = open_checkpoint(path, complete=False)  # a missing tensor is a failed check, below
+    base_checkpoint = open_checkpoint(base) if base else None
+    checks = [check_keys(checkpoint, base_checkpoint)]
     if not checks[0].passed:
         return checks  # loading would fail on the missing tensor; the key check already says which
-    open_checkpoint(model_dir)  # what load refuses (dtypes, shapes), refused before any line of progress
+    # What load refuses (dtypes, shapes), refused before any line of progress.
+    check_complete(checkpoint.config, checkpoint.tensors, checkpoint.plan, checkpoint.dir)
 
-    note(f"loading {path} (float32{', ' + quantize if quantize else ''})")
-    model = load(model_dir, dtype=torch.float32, quantize=quantize)
-    checks.append(check_params(model, model_dir))
+    note(f"loading {checkpoint.name} (float32{', ' + quantize if quantize else ''})")
+    model = load(checkpoint, dtype=torch.float32, quantize=quantize)
+    checks.append(check_params(model, checkpoint))
 
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(model.config.vocab_size, (2, seq_len), generator=generator)
@@ -292,23 +289,23 @@ def verify(
             detail = str(QpruneError(overflow_message(model, suggest_check=False)))  # verify has no check_overflow
             checks.append(Check("logits", detail, False))
             return checks
-        healed = (model_dir / HEAL_REPORT).exists()  # trained after pruning: no longer the base's weights
-        if base_dir is not None and not healed:
-            note(f"logits against the oracle: loading {base}")
-            oracle = _oracle(base_dir, Plan.from_config(model.config.to_dict()), quantize)
+        healed = (checkpoint.dir / HEAL_REPORT).exists()  # trained after pruning: no longer the base's weights
+        if base_checkpoint is not None and not healed:
+            note(f"logits against the oracle: loading {base_checkpoint.name}")
+            oracle = _oracle(base_checkpoint, Plan.from_config(model.config.to_dict()), quantize)
             delta = (logits - _logits(oracle, input_ids)).abs().max().item()
             tolerance = quantized_tolerance(logits.device.type) if quantize else LOGITS_TOLERANCE
             how = f"fp32, both {quantize}" if quantize else "fp32"
             detail = f"max |Δlogits| vs oracle (base with pruned output projections zeroed, {how}): {delta:.2e}"
             checks.append(Check("logits", f"{detail} (<= {tolerance:g})", delta <= tolerance))
-        elif base_dir is not None:
+        elif base_checkpoint is not None:
             checks.append(Check("logits", "healed: its weights differ from the base by design (see self)", True))
         if quantize is None:
             note("logits against the self-oracle (a stock model with its own tensors)")
-            delta = (logits - _logits(self_oracle(model_dir), input_ids)).abs().max().item()
+            delta = (logits - _logits(self_oracle(checkpoint), input_ids)).abs().max().item()
             detail = f"max |Δlogits| vs self-oracle (stock model with its own tensors, pruned blocks zero): {delta:.2e}"
             checks.append(Check("self", f"{detail} (<= {LOGITS_TOLERANCE:g})", delta <= LOGITS_TOLERANCE))
-        elif base_dir is None:
+        elif base_checkpoint is None:
             checks.append(Check("logits", "finite (pass --base to compare with the oracle)", True))
         note(f"cached vs uncached decoding: {new_tokens} greedy steps each")
         checks.append(check_cache(model, input_ids, new_tokens))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from qprune.arch import SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
 from qprune.io.output import check_output
-from qprune.io.source import resolve_model_dir
+from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.measure.search import METHODS, Constraints, Target, search
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
 from qprune.progress import as_progress
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def auto_prune(
-    source: str,
+    source: str | Path | Checkpoint,
     out,
     spec,
     target: Target,
@@ -50,8 +50,8 @@ def auto_prune(
     if method not in METHODS:
         raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
     progress = as_progress(progress)
-    model_dir = str(resolve_model_dir(source))  # once: a hub id is looked up here, not again below
-    model, batch = load_for_measurement(model_dir, spec, dtype, progress, max_memory)
+    checkpoint = open_checkpoint(source)  # once: every step below takes it, nothing is read twice
+    model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
     config = model.config.to_dict()
     if not family_of(config).attention_prunable(config) and constraints.only != "mlp":
         raise QpruneError(SLIDING_WINDOW_ATTENTION + ": restrict {only} to mlp")
@@ -61,11 +61,11 @@ def auto_prune(
     result = search(model, batch, target, method, metric, constraints, progress=progress)
     del model  # the weights are copied from the files, not from memory
     pruned = prune(
-        model_dir,
+        checkpoint,
         Path(out),
         result.plan,
         max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,
         force=force,
-        search=result.report(source, spec.describe(), dtype),
+        search=result.report(checkpoint.name, spec.describe(), dtype),
     )
     return pruned, result

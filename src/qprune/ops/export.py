@@ -31,7 +31,7 @@ from qprune.cost import Shape, ideal_speedups, kept_blocks
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import write_shards
-from qprune.io.source import open_checkpoint, portable_name
+from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.io.stock import stock_config, stock_tensors
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, inherited_files
 from qprune.plan import Plan
@@ -58,6 +58,8 @@ class ExportResult:
     def summary(self) -> str:
         return summary(self)
 
+    text = summary  # what `cli.options.show` prints
+
 
 def _ideal(config: dict, plan: Plan) -> dict:
     shape = Shape.from_config(config)
@@ -67,7 +69,7 @@ def _ideal(config: dict, plan: Plan) -> dict:
 
 
 def export(
-    source: str, out: Path, *, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, force: bool = False
+    source: str | Path | Checkpoint, out: Path, *, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, force: bool = False
 ) -> ExportResult:
     """Write `source` (a qprune checkpoint) to `out` as a stock model of its family (Qwen3, Qwen3-MoE)
     that computes the same function."""
@@ -76,7 +78,7 @@ def export(
         raise QpruneError(f"{{max_shard_size}} must be positive, not {max_shard_size}")
     check_output(out, force, sources=[source])
     checkpoint = open_checkpoint(source)
-    config = checkpoint.config
+    source, config = checkpoint.name, checkpoint.config
     family = family_of(config)
     if config["model_type"] != family.pruned_model_type:
         raise QpruneError(

@@ -23,7 +23,7 @@ from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
-from qprune.io.source import open_checkpoint, portable_name
+from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
@@ -62,6 +62,8 @@ class PruneResult:
 
     def summary(self) -> str:
         return summary(self)
+
+    text = summary  # what `cli.options.show` prints
 
 
 def pruned_config(config: dict, plan: Plan, base_model: str, base_path: str | None = None) -> dict:
@@ -106,13 +108,14 @@ _GENERIC_TOKENIZERS = {
 }
 
 
-def tokenizer_config(src_dir: Path) -> str | None:
+def tokenizer_config(checkpoint: Checkpoint) -> str | None:
     """The source's tokenizer_config.json, with `tokenizer_class` added when it lacks one (None: copy
     it as it is). Without it, transformers 4.x's AutoTokenizer reads the output's config.json, whose
     `auto_map` names remote code, and stops 15 s to ask "trust_remote_code [y/N]"; with it, 4.x never
     reads config.json. (5.x reads config.json first whatever this file says, so it still asks; the
     class keeps it from guessing.) The class is the one transformers picks for the (stock) source,
     without "Fast" (4.x adds it back, 5.x has one class)."""
+    src_dir = checkpoint.dir
     path = src_dir / "tokenizer_config.json"
     try:
         config = json.loads(path.read_text()) if path.is_file() else {}
@@ -126,7 +129,7 @@ def tokenizer_config(src_dir: Path) -> str | None:
     from qprune.runtime.load import load_tokenizer
 
     try:
-        name = type(load_tokenizer(src_dir)).__name__
+        name = type(load_tokenizer(checkpoint)).__name__
     except QpruneError:
         return None  # the source has no loadable tokenizer: nothing to name
     name = _GENERIC_TOKENIZERS.get(name, name.removesuffix("Fast"))
@@ -151,7 +154,7 @@ def _count(entries: list[TensorEntry]) -> tuple[int, int]:
 
 
 def prune(
-    source: str,
+    source: str | Path | Checkpoint,
     out: Path,
     plan: Plan,
     *,
@@ -159,7 +162,7 @@ def prune(
     force: bool = False,
     search: SearchReport | None = None,
 ) -> PruneResult:
-    """Prune `plan`'s blocks out of `source` (directory or hub id) into the new checkpoint `out`.
+    """Prune `plan`'s blocks out of `source` (directory, hub id or opened Checkpoint) into the new checkpoint `out`.
     `search` says how the plan was chosen (`prune --auto`): it is written to `qprune_search.json` and
     summarised in the model card."""
     out = Path(out).absolute()
@@ -184,7 +187,7 @@ def prune(
     params_after, bytes_after = _count(kept)
     result = PruneResult(
         out,
-        source,
+        source_checkpoint.name,
         total,
         plan,
         num_layers,
@@ -195,9 +198,9 @@ def prune(
         tuple(left_out),
         family_of(config).model_type,
     )
-    base_model = portable_name(config.get("qprune_base_model", source))
-    base_path = base_location(config, source)
-    tokenizer_settings = tokenizer_config(src_dir)
+    base_model = portable_name(config.get("qprune_base_model", source_checkpoint.name))
+    base_path = base_location(config, source_checkpoint.name)
+    tokenizer_settings = tokenizer_config(source_checkpoint)
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
         config_text = json.dumps(pruned_config(config, total, base_model, base_path), indent=2) + "\n"

@@ -8,7 +8,9 @@ says about a checkpoint.
 
 from __future__ import annotations
 
-from qprune.io.source import open_checkpoint
+from pathlib import Path
+
+from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.measure.report import SearchReport
 
 
@@ -32,19 +34,37 @@ def search_section(search: SearchReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(path: str) -> dict:
+class Description(dict):
+    """What `qprune info` says about a checkpoint: a dict (its JSON), which also reads as text."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def text(self) -> str:
+        from qprune.words import format_layers, human_bytes
+
+        return (
+            f"{self['path']} ({self['model_type']}, {self['num_layers']} layers)\n"
+            + (f"pruned from:      {self['base_model']}\n" if self["base_model"] else "")
+            + f"attention pruned: {format_layers(self['attn'])}\nMLP pruned:       {format_layers(self['mlp'])}\n"
+            f"parameters: {self['parameters']:,}   bytes: {human_bytes(self['bytes'])}   "
+            f"dtypes: {', '.join(self['dtypes'])}"
+        )
+
+
+def describe(path: str | Path | Checkpoint) -> Description:
     """A checkpoint's plan and sizes, as `qprune info --json` prints them."""
     checkpoint = open_checkpoint(path)
     config, plan, tensors = checkpoint.config, checkpoint.plan, checkpoint.tensors.values()
-    return {
-        "path": str(checkpoint.dir),
-        "model_type": config["model_type"],
-        "base_model": config.get("qprune_base_model"),
-        "num_layers": config["num_hidden_layers"],
-        "attn": list(plan.attn),
-        "mlp": list(plan.mlp),
-        "blocks_pruned": plan.num_blocks,
-        "parameters": sum(t.numel for t in tensors),
-        "bytes": sum(t.nbytes for t in tensors),
-        "dtypes": sorted({t.dtype for t in tensors}),
-    }
+    return Description(
+        path=str(checkpoint.dir),
+        model_type=config["model_type"],
+        base_model=config.get("qprune_base_model"),
+        num_layers=config["num_hidden_layers"],
+        attn=list(plan.attn),
+        mlp=list(plan.mlp),
+        blocks_pruned=plan.num_blocks,
+        parameters=sum(t.numel for t in tensors),
+        bytes=sum(t.nbytes for t in tensors),
+        dtypes=sorted({t.dtype for t in tensors}),
+    )

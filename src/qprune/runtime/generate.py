@@ -11,15 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from qprune.io.source import resolve_model_dir
+from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.runtime.load import load, load_tokenizer
 
 SMALL_MODEL_PARAMETERS = 100_000_000  # below this, decoding on a CPU uses one thread (see small_model_threads)
 
 
-def load_with_tokenizer(path: str | Path, dtype=None, device_map=None, quantize: str | None = None):
-    model_dir = resolve_model_dir(str(path))
-    return load(model_dir, dtype=dtype, device_map=device_map, quantize=quantize), load_tokenizer(model_dir)
+def load_with_tokenizer(path: str | Path | Checkpoint, dtype=None, device_map=None, quantize: str | None = None):
+    checkpoint = open_checkpoint(path)
+    return load(checkpoint, dtype=dtype, device_map=device_map, quantize=quantize), load_tokenizer(checkpoint)
 
 
 def encode_prompt(model, tokenizer, prompt: str):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from qprune.arch import FAMILIES, family_of
 from qprune.errors import QpruneError
-from qprune.io.source import open_checkpoint, read_model_config
+from qprune.io.source import Checkpoint, open_checkpoint, read_model_config, resolve_model_dir
 from qprune.runtime.memory import return_freed_memory
 
 if TYPE_CHECKING:
@@ -38,41 +38,49 @@ def register() -> None:
         AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
 
 
-def load_tokenizer(path: str | Path):
-    """The checkpoint's tokenizer. The auto classes are registered first: a pruned checkpoint's config
-    names remote code, and transformers would otherwise stop to ask whether to run it."""
+def load_tokenizer(source: str | Path | Checkpoint):
+    """The checkpoint's tokenizer, loaded once per Checkpoint. The auto classes are registered first: a
+    pruned checkpoint's config names remote code, and transformers would otherwise stop to ask whether
+    to run it."""
     from transformers import AutoTokenizer
 
-    register()
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as error:  # a damaged or missing tokenizer file: tokenizers and transformers raise many types
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QpruneError(f"cannot load the tokenizer of {path}: {reason}") from None
+    checkpoint = open_checkpoint(source)
+    if "tokenizer" not in checkpoint.memo:
+        register()
+        try:
+            checkpoint.memo["tokenizer"] = AutoTokenizer.from_pretrained(checkpoint.dir)
+        except Exception as error:  # a damaged or missing tokenizer file: tokenizers and transformers raise many types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise QpruneError(f"cannot load the tokenizer of {checkpoint.name}: {reason}") from None
+    return checkpoint.memo["tokenizer"]
 
 
-def load_config(path: str | Path):
+def load_config(source: str | Path | Checkpoint):
     """The pruned config class of the checkpoint's family (`PrunedQwen3Config`, ...), for a pruned or a
-    dense checkpoint (a dense one prunes nothing)."""
-    raw = read_model_config(Path(path))
-    family = family_of(raw)
-    raw = family.portable_config(raw)  # a config.json another transformers version wrote
+    dense checkpoint (a dense one prunes nothing). A path: only its config.json is read and checked."""
+    if isinstance(source, Checkpoint):
+        config_dir, config = source.dir, source.config
+    else:
+        config_dir = resolve_model_dir(str(source))
+        config = read_model_config(config_dir)
+    family = family_of(config)
+    raw = family.portable_config(config)  # a config.json another transformers version wrote
     config_class, _ = family.pruned_classes()
     try:
         return config_class.from_dict({k: v for k, v in raw.items() if k not in ("model_type", "auto_map")})
     except (TypeError, ValueError, KeyError, AttributeError) as error:  # a field check_config does not know
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QpruneError(f"{Path(path) / 'config.json'}: transformers cannot read it: {reason}") from None
+        raise QpruneError(f"{config_dir / 'config.json'}: transformers cannot read it: {reason}") from None
 
 
 def load(
-    path: str | Path,
+    source: str | Path | Checkpoint,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
     quantize: str | None = None,
     **kwargs: Any,
 ) -> PrunedQwen3ForCausalLM:
-    """Load a checkpoint (directory or hub id) in eval mode.
+    """Load a checkpoint (directory, hub id or opened Checkpoint) in eval mode.
 
     dtype defaults to the checkpoint's (float32 on a GPU without bfloat16); float16 warns, as Qwen3
     overflows in it. `quantize` names a mode of `qprune.runtime.quantize.MODES` ("int8", "nf4",
@@ -87,9 +95,9 @@ def load(
     from qprune.runtime.precision import choose_dtype
 
     register()
-    checkpoint = open_checkpoint(path)  # config, headers and tensors checked before transformers reads them
+    checkpoint = open_checkpoint(source)  # config, headers and tensors checked before transformers reads them
     model_dir = checkpoint.dir
-    config = load_config(model_dir)
+    config = load_config(checkpoint)
     _, model_class = family_of(checkpoint.config).pruned_classes()
     if quantize is not None and device_map is None and torch.cuda.is_available():
         device_map = "auto"

@@ -48,7 +48,7 @@ class StreamedModel:
         self.checkpoint, self.dtype, self.device = checkpoint, dtype, torch.device(device)
         self.max_memory = max_memory  # what measurements on it may hold (None: no limit)
         self.family = family_of(checkpoint.config)
-        config = load_config(checkpoint.dir)
+        config = load_config(checkpoint)
         _, model_class = self.family.pruned_classes()
         with torch.device("meta"):
             # _from_config chooses the attention implementation as from_pretrained does.
@@ -69,9 +69,9 @@ class StreamedModel:
 
     @classmethod
     def open(
-        cls, source: str | Path, dtype: torch.dtype, max_memory: int | None = None, device: str = "cpu"
+        cls, source: str | Path | Checkpoint, dtype: torch.dtype, max_memory: int | None = None, device: str = "cpu"
     ) -> StreamedModel:
-        """Check `source` (a directory or hub id) as `qprune.load` does, and build its skeleton."""
+        """Check `source` (a directory, hub id or opened Checkpoint) as `qprune.load` does, and build its skeleton."""
         return cls(open_checkpoint(source), dtype, max_memory, device)
 
     @contextmanager

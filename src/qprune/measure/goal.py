@@ -1,0 +1,67 @@
+"""What `prune --auto` is asked for: a `Target` (how much to remove) and `Constraints` (what may not
+go). Light on purpose: the command line builds its options from these fields without importing torch.
+
+    Target(blocks=4)                              # or Target(param_ratio=0.25)
+    Constraints(only="mlp", keep_first=2)         # candidates: MLP blocks of layers 2 and up
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qprune.errors import QpruneError
+from qprune.setting import setting
+
+Block = tuple[int, str]  # (layer, "attn" | "mlp" | "layer"), as `measure.ablation` names blocks
+
+
+@dataclass(frozen=True)
+class Constraints:
+    only: str | None = setting(None, "Remove only attention or only MLP blocks.", metavar="attn|mlp")
+    keep_first: int = setting(0, "Never remove blocks of the first K layers.", metavar="K")
+    keep_last: int = setting(0, "Never remove blocks of the last K layers.", metavar="K")
+    # Candidates are layers (both blocks), not blocks.
+    whole_layers: bool = setting(
+        False, "Remove whole layers (both blocks; --blocks counts layers): exports to a stock Qwen3 at no cost."
+    )
+
+    def __post_init__(self) -> None:
+        if self.only not in (None, "attn", "mlp"):
+            raise QpruneError(f"{{only}} {self.only}: choose attn or mlp")
+        if self.whole_layers and self.only is not None:
+            raise QpruneError("{whole_layers} removes both blocks of a layer; it cannot be combined with {only}")
+
+    def describe(self, already_pruned: bool = False) -> str:
+        """What keeps blocks out of reach, naming the arguments: "{only} mlp, {keep_first} 2"."""
+        parts = [f"{{only}} {self.only}"] if self.only else []
+        parts += [f"{{{name}}} {value}" for name, value in vars(self).items() if name.startswith("keep_") and value]
+        parts += ["{whole_layers}"] if self.whole_layers else []
+        parts += ["the blocks the checkpoint already prunes"] if already_pruned else []
+        return ", ".join(parts)
+
+    def allows(self, block: Block, num_layers: int) -> bool:
+        layer, kind = block
+        return (
+            (self.only is None or kind == self.only)
+            and layer >= self.keep_first
+            and layer < num_layers - self.keep_last
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    blocks: int | None = setting(None, "Number of blocks to remove.", metavar="N")
+    param_ratio: float | None = setting(
+        None, "Share of decoder parameters to remove, at most (e.g. 0.25).", metavar="SHARE"
+    )
+
+    def __post_init__(self) -> None:
+        if (self.blocks is None) == (self.param_ratio is None):
+            raise QpruneError("give exactly one of {blocks} and {param_ratio}")
+        if self.blocks is not None and self.blocks < 1:
+            raise QpruneError("{blocks} must be at least 1")
+        if self.param_ratio is not None and not 0 < self.param_ratio < 1:
+            raise QpruneError("{param_ratio} must be between 0 and 1 (the share of decoder parameters to remove)")
+
+    def describe(self) -> dict:
+        return {"blocks": self.blocks} if self.blocks is not None else {"param_ratio": self.param_ratio}
