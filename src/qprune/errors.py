@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 _ARGUMENT = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 # Python parameters whose flag is not simply `--` + the name with dashes.
-_FLAGS = {"batches": "--batch", "as_json": "--json", "plan_file": "--plan"}
+_FLAGS = {"batches": "--batch", "as_json": "--json", "plan_file": "--plan", "experts": "--plan's experts"}
 
 
 def flag(name: str) -> str:

@@ -1,10 +1,12 @@
-"""Pruning plans: which layers lose their attention block and which their MLP block.
+"""Pruning plans: which layers lose their attention block and which their MLP block, and which
+experts of a Qwen3-MoE's layers go (`experts`: layer -> the source's indices of the experts removed).
 
 Which tensors make up a block is the architecture's business (`arch.family.tensor_block`);
 `Plan.prunes(name)` answers for one tensor name, which is all the streaming pruner needs.
 
     plan = Plan.parse(attn="0,5", mlp="3,20-23")  # as typed on the command line
     plan = Plan.from_json("plan.json")          # {"attn": [0, 5], "mlp": [3]}
+    plan = Plan(experts={3: (0, 7), 4: (1, 2)})   # {"experts": {"3": [0, 7], "4": [1, 2]}}
     plan.validate(num_layers=28)
 
 This module imports neither torch nor transformers, so pruning a checkpoint never loads them.
@@ -47,14 +49,48 @@ def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
+def _expert_lists(experts: object, where: str) -> dict[int, tuple[int, ...]]:
+    """{layer: sorted expert indices} from a mapping of layer (int, or its decimal string in JSON) to
+    a list of distinct non-negative expert indices; anything else is a `QpruneError` saying where."""
+    if not isinstance(experts, dict):
+        raise QpruneError(f'{where}: "experts" must be an object like {{"3": [0, 7]}} (layer: experts removed)')
+    out = {}
+    for key, indices in experts.items():
+        layer = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < MAX_LAYERS:
+            raise QpruneError(f"{where}: experts: {key!r} is not a layer number")
+        valid = isinstance(indices, (list, tuple)) and all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in indices
+        )
+        if not valid:
+            raise QpruneError(f"{where}: experts of layer {layer} must be a list of expert indices, not {indices!r}")
+        if len(set(indices)) != len(indices):
+            raise QpruneError(f"{where}: experts of layer {layer} lists an expert twice: {list(indices)}")
+        if layer in out:
+            raise QpruneError(f"{where}: experts: layer {layer} is given twice")
+        if indices:
+            out[layer] = tuple(sorted(indices))
+    return dict(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class Plan:
     attn: tuple[int, ...] = ()
     mlp: tuple[int, ...] = ()
+    # Qwen3-MoE: per layer, the experts removed (indices of the source's numbering), as sorted pairs
+    # (layer, experts) so that a Plan stays hashable; `Plan(experts={3: [0, 7]})` is accepted.
+    experts: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attn", tuple(sorted(set(self.attn))))
         object.__setattr__(self, "mlp", tuple(sorted(set(self.mlp))))
+        experts = self.experts if isinstance(self.experts, dict) else dict(self.experts)
+        object.__setattr__(self, "experts", tuple(_expert_lists(experts, "experts").items()))
+
+    @property
+    def removed_experts(self) -> dict[int, tuple[int, ...]]:
+        """{layer: the experts removed from it}, for the layers that lose any."""
+        return dict(self.experts)
 
     @classmethod
     def parse(cls, attn: str | None = None, mlp: str | None = None) -> Plan:
@@ -68,15 +104,18 @@ class Plan:
             raise QpruneError(f"plan file {path} does not exist") from None
         except (OSError, ValueError) as error:
             raise QpruneError(f"plan file {path} is not valid JSON: {error}") from None
-        if not isinstance(data, dict) or not set(data) <= {"attn", "mlp"}:
-            raise QpruneError(f'plan file {path} must be an object like {{"attn": [0, 5], "mlp": [3]}}')
+        if not isinstance(data, dict) or not set(data) <= {"attn", "mlp", "experts"}:
+            raise QpruneError(
+                f'plan file {path} must be an object like {{"attn": [0, 5], "mlp": [3], "experts": {{"4": [0, 7]}}}}'
+            )
         lists = {key: data.get(key, []) for key in ("attn", "mlp")}
         for key, layers in lists.items():
             if not isinstance(layers, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
                 raise QpruneError(f"plan file {path}: {key!r} must be a list of layer numbers")
             if any(i < 0 for i in layers):
                 raise QpruneError(f"plan file {path}: {key!r} holds a negative layer")
-        return cls(tuple(lists["attn"]), tuple(lists["mlp"]))
+        experts = _expert_lists(data.get("experts", {}), f"plan file {path}")
+        return cls(tuple(lists["attn"]), tuple(lists["mlp"]), tuple(experts.items()))
 
     @classmethod
     def from_config(cls, config: dict, where: str | Path = "config.json") -> Plan:
@@ -105,7 +144,9 @@ class Plan:
         return cls(plan["pruned_attn_layers"], plan["pruned_mlp_layers"])
 
     def union(self, other: Plan) -> Plan:
-        return Plan(self.attn + other.attn, self.mlp + other.mlp)
+        """Both plans' blocks (expert lists are not combined here: a checkpoint records the experts it
+        lacks apart from its plan, see `io/experts.py`)."""
+        return Plan(self.attn + other.attn, self.mlp + other.mlp, self.experts or other.experts)
 
     def validate(self, num_layers: int) -> None:
         for option, layers in (("attn", self.attn), ("mlp", self.mlp)):
@@ -115,6 +156,11 @@ class Plan:
                 raise QpruneError(
                     f"{{{option}}}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{last})"
                 )
+        bad = [i for i in self.removed_experts if i >= num_layers]
+        if bad:
+            raise QpruneError(
+                f"{{experts}}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{num_layers - 1})"
+            )
 
     @property
     def num_blocks(self) -> int:
@@ -126,11 +172,13 @@ class Plan:
         block = tensor_block(tensor_name)
         return block is not None and block[0] in (self.attn if block[1] == "attn" else self.mlp)
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"attn": list(self.attn), "mlp": list(self.mlp)}
+    def to_dict(self) -> dict:
+        experts = {"experts": {str(i): list(e) for i, e in self.experts}} if self.experts else {}
+        return {"attn": list(self.attn), "mlp": list(self.mlp), **experts}
 
     def __str__(self) -> str:
         def layers(xs: tuple[int, ...]) -> str:
             return ", ".join(map(str, xs)) or "none"
 
-        return f"attention: {layers(self.attn)}; MLP: {layers(self.mlp)}"
+        experts = "; ".join(f"layer {i}: {layers(e)}" for i, e in self.experts)
+        return f"attention: {layers(self.attn)}; MLP: {layers(self.mlp)}" + (f"; experts: {experts}" if experts else "")

@@ -37,10 +37,20 @@ class TensorEntry:
     shape: tuple[int, ...]
     start: int  # absolute offset in the file
     end: int
+    # Some rows only (`rows`): the byte ranges in the file that make up the tensor, in order.
+    pieces: tuple[tuple[int, int], ...] = ()
 
     @property
     def nbytes(self) -> int:
-        return self.end - self.start
+        return sum(end - start for start, end in self.pieces) if self.pieces else self.end - self.start
+
+    def rows(self, kept: list[int], name: str | None = None) -> TensorEntry:
+        """This tensor with only the `kept` rows of its first dimension, in that order (a router's rows
+        for the experts kept), under `name`. Still a description: the rows are copied when written."""
+        row = self.nbytes // self.shape[0]
+        pieces = tuple((self.start + i * row, self.start + (i + 1) * row) for i in kept)
+        shape = (len(kept), *self.shape[1:])
+        return TensorEntry(name or self.name, self.file, self.dtype, shape, self.start, self.end, pieces)
 
     @property
     def numel(self) -> int:
@@ -242,7 +252,8 @@ def _write_shard(path: Path, entries: list[TensorEntry]) -> None:
                     if source:
                         source.close()
                     source, source_file = open(entry.file, "rb", buffering=0), entry.file
-                _append_bytes(source.fileno(), out.fileno(), entry.start, entry.nbytes)
+                for start, end in entry.pieces or ((entry.start, entry.end),):
+                    _append_bytes(source.fileno(), out.fileno(), start, end - start)
         finally:
             if source:
                 source.close()

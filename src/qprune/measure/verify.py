@@ -67,9 +67,15 @@ def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Ch
     tensors, config, plan = checkpoint.tensors, checkpoint.config, checkpoint.plan
     check_pruned_absent(tensors, plan, checkpoint.dir)  # an error, not a failed check: as everywhere else
     if base_checkpoint is not None:
+        from qprune.io.experts import expert_tensors, recorded_experts
+
         base = base_checkpoint.tensors
         expected = {name for name in base if not plan.prunes(name)}
         source = f"base {len(base)} tensors - {len(base) - len(expected)} of pruned blocks"
+        experts = recorded_experts(config)
+        if experts:  # the base's tensors as the expert cut renames and slices them
+            base = {entry.name: entry for entry in expert_tensors(base_checkpoint, Plan(experts=experts))}
+            expected, source = set(base), f"base {len(base_checkpoint.tensors)} tensors less the removed experts'"
     else:
         family = family_of(config)
         expected = {name for name in family.expected_tensors(config) if not plan.prunes(name)}
@@ -89,7 +95,36 @@ def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Ch
     return Check("keys", f"{len(actual)} tensors = {source}", True)
 
 
-def _oracle(base_checkpoint: Checkpoint, plan: Plan, quantize: str | None = None):
+def mask_experts(model, experts: dict[int, tuple[int, ...]]) -> None:
+    """Set the router logits of `experts` ({layer: indices}) to -inf in a stock Qwen3-MoE: the oracle of
+    an expert cut. transformers 4.57's router is a Linear whose logits the block routes by (a hook adds
+    the mask to them); 5.x's router routes inside its own forward, which is replaced here by the same
+    computation with the mask added to the logits (`tests/test_experts.py` checks that, with nothing
+    masked, it equals the stock router exactly)."""
+    import torch
+    import torch.nn.functional as F
+
+    for layer, removed in experts.items():
+        gate = model.model.layers[layer].mlp.gate
+        mask = torch.zeros(gate.weight.shape[0], dtype=gate.weight.dtype, device=gate.weight.device)
+        mask[list(removed)] = float("-inf")
+        if isinstance(gate, torch.nn.Linear):
+            gate.register_forward_hook(lambda module, args, logits, mask=mask: logits + mask)
+            continue
+
+        def forward(hidden_states, router=gate, mask=mask):
+            hidden_states = hidden_states.reshape(-1, router.hidden_dim)
+            logits = F.linear(hidden_states, router.weight) + mask
+            probs = F.softmax(logits, dtype=torch.float, dim=-1)
+            top_value, top_index = torch.topk(probs, router.top_k, dim=-1)
+            if router.norm_topk_prob:
+                top_value /= top_value.sum(dim=-1, keepdim=True)
+            return logits, top_value.to(logits.dtype), top_index
+
+        gate.forward = forward
+
+
+def _oracle(base_checkpoint: Checkpoint, plan: Plan, quantize: str | None = None, experts: dict | None = None):
     """The base as stock transformers computes it, with the pruned blocks' output projections zeroed.
     Quantized, it is quantized the same way except for those zeroed projections: they stay float32
     zeros, so the blocks add exactly nothing (a zero weight has no scale to quantize it with)."""
@@ -123,6 +158,8 @@ def _oracle(base_checkpoint: Checkpoint, plan: Plan, quantize: str | None = None
         for name, parameter in oracle.named_parameters():
             if zeroed(name):
                 parameter.zero_()
+    if experts:
+        mask_experts(oracle, experts)
     return oracle.eval()
 
 
@@ -292,7 +329,10 @@ def verify(
         healed = (checkpoint.dir / HEAL_REPORT).exists()  # trained after pruning: no longer the base's weights
         if base_checkpoint is not None and not healed:
             note(f"logits against the oracle: loading {base_checkpoint.name}")
-            oracle = _oracle(base_checkpoint, Plan.from_config(model.config.to_dict()), quantize)
+            from qprune.io.experts import recorded_experts
+
+            experts = recorded_experts(checkpoint.config)
+            oracle = _oracle(base_checkpoint, Plan.from_config(model.config.to_dict()), quantize, experts)
             delta = (logits - _logits(oracle, input_ids)).abs().max().item()
             tolerance = quantized_tolerance(logits.device.type) if quantize else LOGITS_TOLERANCE
             how = f"fp32, both {quantize}" if quantize else "fp32"

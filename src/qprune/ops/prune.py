@@ -173,13 +173,19 @@ def prune(
     src_dir, config = source_checkpoint.dir, source_checkpoint.config
     num_layers = config["num_hidden_layers"]
     plan.validate(num_layers)
-    if plan.num_blocks == 0:
-        raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers")
+    if plan.num_blocks == 0 and not plan.experts:
+        raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers (or {experts})")
     if plan.attn and not family_of(config).attention_prunable(config):
         raise QpruneError(SLIDING_WINDOW_ATTENTION)
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
-    kept = [entry for entry in tensors if not total.prunes(entry.name)]
+    if plan.experts:
+        from qprune.io.experts import check_experts, expert_tensors
+
+        check_experts(config, plan, source_checkpoint.name)
+        kept = expert_tensors(source_checkpoint, plan)
+    else:
+        kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
     inherited, left_out = inherited_files(src_dir, shards)
 
@@ -203,9 +209,15 @@ def prune(
     tokenizer_settings = tokenizer_config(source_checkpoint)
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
-        config_text = json.dumps(pruned_config(config, total, base_model, base_path), indent=2) + "\n"
-        (tmp / "config.json").write_text(config_text)
-        for name in family_of(config).modeling_files:
+        if plan.experts:  # a stock Qwen3-MoE: no plan fields, no modeling code
+            from qprune.io.experts import expert_config
+
+            new_config, modeling_files = expert_config(config, plan, base_model), ()
+        else:
+            new_config = pruned_config(config, total, base_model, base_path)
+            modeling_files = family_of(config).modeling_files
+        (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
+        for name in modeling_files:
             shutil.copyfile(MODELING_DIR / name, tmp / name)
         for path in inherited:
             shutil.copyfile(path, tmp / path.name)
@@ -213,7 +225,8 @@ def prune(
             (tmp / "tokenizer_config.json").write_text(tokenizer_settings)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(result, base_model, search))
+        card = expert_card(result, base_model) if plan.experts else model_card(result, base_model, search)
+        (tmp / "README.md").write_text(card)
     return result
 
 
@@ -226,10 +239,20 @@ def _change(before: int, after: int) -> str:
 
 def summary(result: PruneResult) -> str:
     blocks = 2 * result.num_layers
-    return "\n".join(
-        [
+    if result.added.experts:
+        removed = result.added.removed_experts
+        head = [
+            f"removed {len(next(iter(removed.values())))} experts from each of {len(removed)} MoE layers "
+            f"-> {result.out} (a stock {family_of({'model_type': result.model_type}).title})",
+        ]
+    else:
+        head = [
             f"pruned {result.added.num_blocks} blocks ({result.added}) -> {result.out}",
             f"blocks pruned in total: {result.plan.num_blocks} of {blocks} ({result.plan})",
+        ]
+    return "\n".join(
+        head
+        + [
             f"parameters: {result.params_before:,} -> {result.params_after:,} "
             f"({_change(result.params_before, result.params_after)})",
             f"bytes:      {human_bytes(result.bytes_before)} -> {human_bytes(result.bytes_after)} "
@@ -276,23 +299,66 @@ error. Load in bfloat16 or float32: {title} overflows in float16.
 """
 
 
-def model_card(result: PruneResult, base_model: str, search: SearchReport | None = None) -> str:
+_EXPERT_CARD = """\
+---
+{front_matter}library_name: transformers
+tags: [qprune, pruned, experts, {model_type}]
+---
+
+# {name}
+
+`{base_model}` with {count} of its experts removed from each of its {layers} MoE layers by qprune. It
+is a stock {title}: `num_experts` is smaller, the kept experts are renumbered in order and the router
+keeps their rows. It computes exactly what the original computes with the removed experts' router
+logits set to -inf. `qprune_pruned_experts` in config.json lists, per layer, the original index of
+every expert removed.
+
+| | before | after | change |
+|---|---|---|---|
+| parameters | {params_before:,} | {params_after:,} | {params_change} |
+| bytes | {bytes_before} | {bytes_after} | {bytes_change} |
+
+## How to load
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{name}")  # no remote code
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+```
+"""
+
+
+def _card_fields(result: PruneResult, base_model: str) -> dict[str, object]:
+    """What every card says: the model, where it came from, and its sizes before and after."""
     is_hub_id = "/" in base_model and not base_model.startswith((".", "/", "~"))
     family = family_of({"model_type": result.model_type})
-    return _CARD.format(
+    return dict(
         model_type=family.model_type,
         title=family.title,
         front_matter=f"base_model: {base_model}\n" if is_hub_id else "",
         name=result.out.name,
         base_model=base_model,
-        pruned=result.plan.num_blocks,
-        blocks=2 * result.num_layers,
-        attn=format_layers(result.plan.attn),
-        mlp=format_layers(result.plan.mlp),
         params_before=result.params_before,
         params_after=result.params_after,
         params_change=_change(result.params_before, result.params_after),
         bytes_before=human_bytes(result.bytes_before),
         bytes_after=human_bytes(result.bytes_after),
         bytes_change=_change(result.bytes_before, result.bytes_after),
+    )
+
+
+def expert_card(result: PruneResult, base_model: str) -> str:
+    removed = result.added.removed_experts
+    count, layers = len(next(iter(removed.values()))), len(removed)
+    return _EXPERT_CARD.format(count=count, layers=layers, **_card_fields(result, base_model))
+
+
+def model_card(result: PruneResult, base_model: str, search: SearchReport | None = None) -> str:
+    return _CARD.format(
+        pruned=result.plan.num_blocks,
+        blocks=2 * result.num_layers,
+        attn=format_layers(result.plan.attn),
+        mlp=format_layers(result.plan.mlp),
+        **_card_fields(result, base_model),
     ) + ("\n" + report.search_section(search) if search else "")

@@ -1,0 +1,134 @@
+"""Removing experts of a Qwen3-MoE: a uniform cut is a stock Qwen3-MoE that equals the original with
+the removed experts' router logits at -inf (the oracle: stock transformers with that mask), loads
+without remote code, decodes the same with and without cache, and passes `verify`; the plan and every
+way an expert list can be wrong are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import MOE_DENSE_LAYER, assert_one_line_error, cli, save_tiny_moe, save_tiny_qwen3, token_batch
+from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
+
+import qprune
+from qprune.errors import QpruneError
+from qprune.measure.verify import mask_experts
+from qprune.plan import Plan
+
+EXPERTS = 8
+SPARSE = [0, 1, 3]  # layer 2 is dense (mlp_only_layers)
+UNIFORM = Plan(experts={0: (1, 6), 1: (0, 7), 3: (3, 4)})
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def moe(request, tmp_path_factory):
+    return save_tiny_moe(tmp_path_factory.mktemp("moe") / "base", tied=request.param, num_experts=EXPERTS)
+
+
+def masked_oracle(base, experts: dict) -> Qwen3MoeForCausalLM:
+    model = Qwen3MoeForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    mask_experts(model, experts)
+    return model
+
+
+def test_masking_nothing_is_the_stock_router(moe):
+    """mask_experts replaces 5.x's router forward: with nothing masked (a zero mask) it is stock."""
+    stock = Qwen3MoeForCausalLM.from_pretrained(moe, dtype=torch.float32).eval()
+    masked = masked_oracle(moe, {layer: () for layer in SPARSE})
+    with torch.no_grad():
+        assert torch.equal(stock(token_batch()).logits, masked(token_batch()).logits)
+
+
+def test_masking_changes_the_routing(moe):
+    with torch.no_grad():
+        dense = Qwen3MoeForCausalLM.from_pretrained(moe, dtype=torch.float32).eval()(token_batch()).logits
+        masked = masked_oracle(moe, UNIFORM.removed_experts)(token_batch()).logits
+    assert (dense - masked).abs().max() > 1e-3  # the oracle is not the dense model by accident
+
+
+def test_uniform_cut_is_a_stock_qwen3_moe_equal_to_the_masked_oracle(moe, tmp_path):
+    out = tmp_path / "cut"
+    result = qprune.prune(moe, out, UNIFORM)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3_moe" and "auto_map" not in config
+    assert config["num_experts"] == EXPERTS - 2
+    assert config["qprune_pruned_experts"] == {str(i): list(e) for i, e in UNIFORM.experts}
+    assert not list(out.glob("*.py"))  # no modeling code: it is stock
+    assert result.params_after < result.params_before
+    stock = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()  # no remote code
+    assert type(stock).__name__ == "Qwen3MoeForCausalLM"
+    oracle = masked_oracle(moe, UNIFORM.removed_experts)
+    with torch.no_grad():
+        ids = token_batch()
+        assert (stock(ids).logits - oracle(ids).logits).abs().max() <= 1e-5
+        assert (qprune.load(out, dtype=torch.float32)(ids).logits - oracle(ids).logits).abs().max() <= 1e-5
+        cached = stock.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = stock.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_verify_checks_a_cut_against_its_base(moe, tmp_path):
+    qprune.prune(moe, tmp_path / "cut", UNIFORM)
+    result = cli("verify", tmp_path / "cut", "--base", moe, "-q")
+    assert result.exit_code == 0, result.output
+    assert "PASS  logits" in result.output and "PASS  keys" in result.output
+
+
+def test_a_second_cut_records_the_base_numbering(moe, tmp_path):
+    qprune.prune(moe, tmp_path / "cut", UNIFORM)
+    again = Plan(experts={layer: (0,) for layer in SPARSE})  # the cut's expert 0 of each layer
+    qprune.prune(tmp_path / "cut", tmp_path / "cut2", again)
+    record = json.loads((tmp_path / "cut2" / "config.json").read_text())["qprune_pruned_experts"]
+    # layer 0 lost 1 and 6; the cut's expert 0 is the base's 0. Layer 1 lost 0 and 7: its 0 is the base's 1.
+    assert record == {"0": [0, 1, 6], "1": [0, 1, 7], "3": [0, 3, 4]}
+    oracle = masked_oracle(moe, {int(k): tuple(v) for k, v in record.items()})
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "cut2", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (stock(token_batch()).logits - oracle(token_batch()).logits).abs().max() <= 1e-5
+
+
+def test_plan_file_with_experts(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"experts": {"3": [4, 0], "1": [2]}}))
+    plan = Plan.from_json(path)
+    assert plan.removed_experts == {1: (2,), 3: (0, 4)} and plan.to_dict()["experts"] == {"1": [2], "3": [0, 4]}
+    for bad, message in (
+        ({"experts": {"3": [0, 0]}}, "twice"),
+        ({"experts": {"x": [0]}}, "not a layer number"),
+        ({"experts": {"3": [-1]}}, "list of expert indices"),
+        ({"experts": [0, 1]}, "must be an object"),
+    ):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(QpruneError, match=message):
+            Plan.from_json(path)
+
+
+@pytest.mark.parametrize(
+    "experts, message",
+    [
+        ({layer: (0,) for layer in (0, 1)}, "same number of experts from every MoE layer"),
+        ({0: (0,), 1: (0,), 3: (0, 1)}, "same number of experts from every MoE layer"),
+        ({layer: (0,) for layer in (0, 1, 3)} | {MOE_DENSE_LAYER: (0,)}, "dense MLP, no experts"),
+        ({0: (EXPERTS,), 1: (0,), 3: (0,)}, f"experts 0..{EXPERTS - 1}"),
+        ({layer: tuple(range(EXPERTS - 1)) for layer in SPARSE}, "fewer than the 2 each token runs"),
+        ({layer: (0,) for layer in (0, 1, 3, 9)}, "out of range"),
+    ],
+)
+def test_bad_expert_plans_are_one_line_errors(moe, tmp_path, experts, message):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(Plan(experts=experts).to_dict()))
+    assert_one_line_error(cli("prune", moe, tmp_path / "out", "--plan", plan), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_experts_with_blocks_or_of_a_dense_model_are_refused(moe, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"attn": [1], "experts": {str(layer): [0] for layer in SPARSE}}))
+    assert_one_line_error(cli("prune", moe, tmp_path / "out", "--plan", plan), "not supported yet")
+    plan.write_text(json.dumps({"mlp": [0], "experts": {"0": [1]}}))
+    assert_one_line_error(cli("prune", moe, tmp_path / "out", "--plan", plan), "pruned whole")
+    dense = save_tiny_qwen3(tmp_path / "dense")
+    plan.write_text(json.dumps({"experts": {"0": [1]}}))
+    assert_one_line_error(cli("prune", dense, tmp_path / "out", "--plan", plan), "experts are Qwen3-MoE's")
