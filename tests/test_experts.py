@@ -9,7 +9,15 @@ import json
 
 import pytest
 import torch
-from conftest import MOE_DENSE_LAYER, assert_one_line_error, cli, save_tiny_moe, save_tiny_qwen3, token_batch
+from conftest import (
+    MOE_DENSE_LAYER,
+    assert_one_line_error,
+    cli,
+    save_tiny_moe,
+    save_tiny_qwen3,
+    token_batch,
+    with_embedded_tokenizer,
+)
 from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
 
 import qprune
@@ -132,3 +140,97 @@ def test_experts_with_blocks_or_of_a_dense_model_are_refused(moe, tmp_path):
     dense = save_tiny_qwen3(tmp_path / "dense")
     plan.write_text(json.dumps({"experts": {"0": [1]}}))
     assert_one_line_error(cli("prune", dense, tmp_path / "out", "--plan", plan), "experts are Qwen3-MoE's")
+
+
+# -- saliency and prune --auto --expert-ratio ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moe_with_text(tmp_path_factory):
+    path = save_tiny_moe(tmp_path_factory.mktemp("moe-text") / "base", num_experts=EXPERTS, vocab=4096)
+    return with_embedded_tokenizer(path)
+
+
+def _stock(path) -> Qwen3MoeForCausalLM:
+    return Qwen3MoeForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def test_frequency_counts_the_routing_stock_transformers_reports(moe):
+    from qprune.measure.experts import expert_saliency
+
+    model, ids = _stock(moe), token_batch(batch=3, length=20)
+    saliency = expert_saliency(model, ids)
+    with torch.no_grad():
+        router_logits = model(ids, output_router_logits=True).router_logits
+    for layer, logits in zip(SPARSE, router_logits, strict=True):
+        chosen = torch.topk(logits.float().softmax(-1), 2, dim=-1).indices
+        expected = torch.bincount(chosen.flatten(), minlength=EXPERTS) / chosen.numel()
+        assert saliency.scores["frequency"][layer] == pytest.approx(expected.tolist(), abs=1e-6)  # float32 division
+
+
+def test_reap_follows_the_expert_output_norm(moe, tmp_path):
+    """Doubling one expert's down_proj (in the last MoE layer, so that no later routing changes) doubles
+    its REAP score and leaves routing and the others alone; zeroing it makes it score 0, the first to go."""
+    from qprune.measure.experts import _expert_weights, expert_saliency
+
+    ids, LAST = token_batch(batch=3, length=20), SPARSE[-1]
+    model = _stock(moe)
+    before = expert_saliency(model, ids)
+    with torch.no_grad():
+        _expert_weights(model.model.layers[LAST].mlp.experts, 5)[2].mul_(2)
+    after = expert_saliency(model, ids)
+    assert before.scores["frequency"] == after.scores["frequency"]
+    assert after.scores["reap"][LAST][5] == pytest.approx(2 * before.scores["reap"][LAST][5], rel=1e-5)
+    others = [e for e in range(EXPERTS) if e != 5]
+    unchanged = [before.scores["reap"][LAST][e] for e in others]
+    assert [after.scores["reap"][LAST][e] for e in others] == pytest.approx(unchanged)
+    with torch.no_grad():
+        _expert_weights(model.model.layers[LAST].mlp.experts, 5)[2].zero_()
+    zeroed = expert_saliency(model, ids)
+    assert zeroed.scores["reap"][LAST][5] == 0 and 5 in zeroed.plan(0.25).removed_experts[LAST]
+
+
+def test_saliency_plan_takes_the_lowest_in_every_layer(moe):
+    from qprune.measure.experts import expert_saliency
+
+    saliency = expert_saliency(_stock(moe), token_batch())
+    plan = saliency.plan(0.25, "frequency")
+    for layer in SPARSE:
+        removed, values = plan.removed_experts[layer], saliency.scores["frequency"][layer]
+        assert len(removed) == 2 and max(values[e] for e in removed) <= min(
+            values[e] for e in range(EXPERTS) if e not in removed
+        )
+    with pytest.raises(QpruneError, match="fewer than the 2 each token runs"):
+        saliency.plan(0.9)
+
+
+def test_prune_auto_expert_ratio_writes_the_reap_cut(moe_with_text, tmp_path):
+    out = tmp_path / "cut"
+    result = cli("prune", moe_with_text, out, "--auto", "--expert-ratio", "0.25", "--samples", "4", "--seq-len", "32")
+    assert result.exit_code == 0, result.output
+    assert "removed 2 experts from each of 3 MoE layers" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3_moe" and config["num_experts"] == EXPERTS - 2
+    assert cli("verify", out, "--base", moe_with_text, "-q").exit_code == 0
+    scan = cli("scan", moe_with_text, "--experts", "--samples", "4", "--seq-len", "32", "--json", "-q")
+    assert scan.exit_code == 0, scan.output
+    scores = json.loads(scan.output)["experts"]["scores"]
+    assert set(scores) == {"reap", "frequency"} and set(scores["reap"]) == {str(i) for i in SPARSE}
+
+
+def test_expert_ratio_bad_input(moe_with_text, tmp_path):
+    out = tmp_path / "out"
+    assert_one_line_error(cli("prune", moe_with_text, out, "--expert-ratio", "0.25"), "add --auto")
+    args = ("prune", moe_with_text, out, "--auto", "--expert-ratio")
+    assert_one_line_error(cli(*args, "0.25", "--blocks", "1"), "--expert-ratio removes experts only")
+    assert_one_line_error(cli(*args, "1.5"), "--expert-ratio must be between 0 and 1")
+    assert_one_line_error(cli(*args, "0.25", "--expert-metric", "kl"), "--expert-metric kl: choose reap or frequency")
+    dense = save_tiny_qwen3(tmp_path / "dense")  # refused from its config, before any data is read
+    assert_one_line_error(cli("prune", dense, out, "--auto", "--expert-ratio", "0.25"), "experts are Qwen3-MoE's")
+    assert not out.exists()
+
+
+def test_bench_says_it_does_not_measure_expert_cuts_yet(moe, tmp_path):
+    qprune.prune(moe, tmp_path / "cut", UNIFORM)
+    result = cli("bench", tmp_path / "cut", "--base", moe, "-q")
+    assert_one_line_error(result, "does not measure expert cuts yet")

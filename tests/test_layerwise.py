@@ -185,7 +185,7 @@ def test_too_large_for_available_memory_goes_layer_by_layer(tmp_path, monkeypatc
         (["scan", "{model}", "--max-memory", "lots"], "--max-memory: 'lots' is not a size like 500MB or 5GB"),
         (["scan", "{model}", "--max-memory", "0"], "--max-memory: '0' is not a size"),
         (["scan", "{model}", "--max-memory", "1MB"], "--max-memory 1.00 MB is less than the least"),
-        (["prune", "{model}", "{out}", "--attn", "1", "--max-memory", "1GB"], "--max-memory choose blocks"),
+        (["prune", "{model}", "{out}", "--attn", "1", "--max-memory", "1GB"], "--max-memory choose what to remove"),
     ],
 )
 def test_max_memory_bad_input(tmp_path, args, message):

@@ -185,3 +185,18 @@ def test_vllm_serves_a_pruned_qwen3_moe(tmp_path):
     assert dense_run["architecture"] == "Qwen3MoeForCausalLM"
     layers, kept = 4, 4 - len(MOE_PLAN.attn)
     assert pruned_run["num_gpu_blocks"] / dense_run["num_gpu_blocks"] == pytest.approx(layers / kept, rel=1e-3)
+
+
+def test_vllm_serves_an_expert_cut_natively(tmp_path):
+    """A uniform expert cut is a stock Qwen3-MoE: vLLM serves it with its own Qwen3MoeForCausalLM (no
+    plugin class), with the greedy tokens transformers computes."""
+    from conftest import save_tiny_moe, with_embedded_tokenizer
+
+    base = save_tiny_moe(
+        tmp_path / "base", vocab=4096, hidden_size=128, head_dim=32, moe_intermediate_size=64, num_experts=8
+    )
+    with_embedded_tokenizer(base)
+    qprune.prune(str(base), tmp_path / "cut", Plan(experts={0: (1, 6), 1: (0, 7), 3: (3, 4)}))
+    run = run_engine(tmp_path / "cut")
+    assert run["architecture"] == "Qwen3MoeForCausalLM"
+    assert run["tokens"] == transformers_greedy(tmp_path / "cut")

@@ -44,7 +44,7 @@ from qprune.errors import Interrupted, QpruneError, signals_interrupt
 from qprune.healing.settings import HealSettings
 from qprune.measure.bench import BenchSettings
 from qprune.measure.data import DataSpec
-from qprune.measure.goal import Constraints, Target
+from qprune.measure.goal import Constraints, ExpertTarget, Target
 
 # Headings of option groups in --help.
 SEARCH = "Search (--auto)"
@@ -151,6 +151,8 @@ def prune(
     keep_first: int = option(Constraints, "keep_first", panel=SEARCH),
     keep_last: int = option(Constraints, "keep_last", panel=SEARCH),
     whole_layers: bool = option(Constraints, "whole_layers", panel=SEARCH),
+    expert_ratio: Optional[float] = option(ExpertTarget, "expert_ratio", panel=SEARCH),
+    expert_metric: str = option(ExpertTarget, "expert_metric", panel=SEARCH),
     dtype: str = in_panel(DTYPE, SEARCH),
     max_memory: Optional[str] = in_panel(MAX_MEMORY, SEARCH),
     source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
@@ -173,9 +175,10 @@ def prune(
         shard_size = parse_size(max_shard_size)
         memory = parse_memory(max_memory)
         if not auto:
-            if blocks is not None or param_ratio is not None or whole_layers or memory is not None:
+            if blocks is not None or param_ratio is not None or whole_layers or memory is not None or expert_ratio:
                 raise QpruneError(
-                    "--blocks, --param-ratio, --whole-layers and --max-memory choose blocks automatically: add --auto"
+                    "--blocks, --param-ratio, --whole-layers, --expert-ratio and --max-memory choose what to remove "
+                    "automatically: add --auto"
                 )
             from qprune.ops.prune import prune as run_prune
 
@@ -186,11 +189,17 @@ def prune(
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
         from qprune.ops.auto import auto_prune
 
+        if expert_ratio is not None and (blocks is not None or param_ratio is not None or whole_layers or memory):
+            raise QpruneError(
+                "--expert-ratio removes experts only: it takes no --blocks, --param-ratio, --whole-layers or "
+                "--max-memory (yet)"
+            )
+        target = settings_from(ExpertTarget if expert_ratio is not None else Target, values)
         result, found = auto_prune(
             src,
             out,
             settings_from(DataSpec, values),
-            settings_from(Target, values),
+            target,
             method=method,
             metric=metric,
             constraints=settings_from(Constraints, values),
@@ -245,6 +254,9 @@ def scan(
         False, "--whole-layers", help="Also score every layer as one unit (both blocks removed), ranked among layers."
     ),
     max_memory: Optional[str] = MAX_MEMORY,
+    experts: bool = typer.Option(
+        False, "--experts", help="Qwen3-MoE: also score every expert (routing frequency, REAP's saliency)."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -263,6 +275,7 @@ def scan(
             progress=progress,
             whole_layers=whole_layers,
             max_memory=parse_memory(max_memory),
+            experts=experts,
         )
     show(done, as_json)
 

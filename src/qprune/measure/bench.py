@@ -231,6 +231,8 @@ def checkpoint_pair(
     from qprune.runtime.load import load
 
     model, base = open_checkpoint(model), open_checkpoint(base)
+    if "qprune_pruned_experts" in model.config:
+        raise QpruneError(f"{model} lacks experts of {{base}} {base}: bench does not measure expert cuts yet")
     shapes = Shape.from_config(model.config), Shape.from_config(base.config)
     if shapes[0] != shapes[1]:
         raise QpruneError(f"{model} and {{base}} {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")

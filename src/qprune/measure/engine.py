@@ -35,6 +35,7 @@ class InMemory:
     """A loaded model: every weight resident."""
 
     max_memory = None  # no limit of its own: it is loaded already
+    whole = True  # every weight in memory at once: the model runs as transformers runs it
 
     def __init__(self, model) -> None:
         self.model = self.skeleton = model
@@ -58,6 +59,7 @@ class LayerByLayer:
 
     def __init__(self, streamed: StreamedModel) -> None:
         self.streamed, self.skeleton, self.max_memory = streamed, streamed.skeleton, streamed.max_memory
+        self.whole = False
 
     def runner(self, batch: torch.Tensor, *, kl: bool = False, progress=None, naive: bool = False):
         # `naive` asks for the in-memory reference; layer by layer there is one way only.

@@ -1,5 +1,6 @@
 """What `prune --auto` is asked for: a `Target` (how much to remove) and `Constraints` (what may not
-go). Light on purpose: the command line builds its options from these fields without importing torch.
+go) for blocks, and an `ExpertTarget` for the experts of a Qwen3-MoE. Light on purpose: the command
+line builds its options from these fields without importing torch.
 
     Target(blocks=4)                              # or Target(param_ratio=0.25)
     Constraints(only="mlp", keep_first=2)         # candidates: MLP blocks of layers 2 and up
@@ -65,3 +66,29 @@ class Target:
 
     def describe(self) -> dict:
         return {"blocks": self.blocks} if self.blocks is not None else {"param_ratio": self.param_ratio}
+
+
+EXPERT_METRICS = ("reap", "frequency")
+
+
+@dataclass(frozen=True)
+class ExpertTarget:
+    """Remove the `expert_ratio` share of every MoE layer's experts, those lowest by `expert_metric`
+    (`measure.experts`): a uniform cut, written as a stock Qwen3-MoE."""
+
+    expert_ratio: float | None = setting(
+        None,
+        "Qwen3-MoE: share of every MoE layer's experts to remove, e.g. 0.25 (writes a stock Qwen3-MoE).",
+        metavar="SHARE",
+    )
+    expert_metric: str = setting(
+        "reap", "With --expert-ratio: rank experts by reap (REAP's saliency) or frequency.", metavar="reap|frequency"
+    )
+
+    def __post_init__(self) -> None:
+        if self.expert_metric not in EXPERT_METRICS:
+            raise QpruneError(f"{{expert_metric}} {self.expert_metric}: choose {' or '.join(EXPERT_METRICS)}")
+        if self.expert_ratio is not None and not 0 < self.expert_ratio < 1:
+            raise QpruneError(
+                f"{{expert_ratio}} must be between 0 and 1 (the share of experts removed), not {self.expert_ratio}"
+            )

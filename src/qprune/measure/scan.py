@@ -34,6 +34,7 @@ from qprune.io.source import Checkpoint
 from qprune.measure.ablation import KINDS, Block, TokenStats, all_blocks, micro_batches, token_stats
 from qprune.measure.data import DataSpec
 from qprune.measure.engine import engine_of
+from qprune.measure.experts import ExpertSaliency, expert_saliency
 
 # Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
 METRICS = {
@@ -303,12 +304,13 @@ class ScanReport:
     report: dict
     out: Path | None
     heatmap: bool
+    experts: ExpertSaliency | None = None  # with `experts=True`: every expert's saliency
 
     def to_dict(self) -> dict:
         return self.report
 
     def text(self) -> str:
-        lines = [self.result.table()]
+        lines = [self.result.table()] + (["", self.experts.text()] if self.experts is not None else [])
         if self.out is not None:
             lines.append(f"\nreport: {self.out / 'scan.json'}")
             lines.append(
@@ -329,9 +331,11 @@ def run_scan(
     progress: bool = True,
     whole_layers: bool = False,
     max_memory: int | None = None,
+    experts: bool = False,
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png. With
-    `max_memory` (bytes), a model that does not fit is scanned layer by layer within it."""
+    `max_memory` (bytes), a model that does not fit is scanned layer by layer within it. With `experts`,
+    every expert of a Qwen3-MoE is scored too (`measure.experts`; the model must fit in memory)."""
     from qprune.io.source import open_checkpoint
     from qprune.measure.data import load_for_measurement
     from qprune.progress import as_progress
@@ -345,6 +349,11 @@ def run_scan(
     loaded = time.perf_counter()
     progress.note(f"scanning {2 * model.config.num_hidden_layers} blocks")
     result = scan_blocks(model, batch, progress=progress, whole_layers=whole_layers)
+    saliency = None
+    if experts:
+        progress.note("scoring every expert (frequency, REAP)")
+        saliency = expert_saliency(model, batch)
+        result.timings["experts"] = saliency.timings["saliency"]
     result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start
     report = {
@@ -355,10 +364,11 @@ def run_scan(
         "device": str(model.device),
         **({"max_memory": limit} if (limit := engine_of(model).max_memory) is not None else {}),
         **result.to_dict(),
+        **({"experts": saliency.to_dict()} if saliency is not None else {}),
     }
     heatmap = False
     if out is not None:
         with atomic_output(Path(out), force, sources=[checkpoint.dir]) as tmp:
             (tmp / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
             heatmap = write_heatmap(result, tmp / "scan.png", Path(checkpoint.name.rstrip("/")).name)
-    return ScanReport(result, report, Path(out) if out is not None else None, heatmap)
+    return ScanReport(result, report, Path(out) if out is not None else None, heatmap, saliency)

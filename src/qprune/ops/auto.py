@@ -1,6 +1,8 @@
-"""`qprune prune --auto`: search for a plan on calibration data, then write the pruned checkpoint.
+"""`qprune prune --auto`: search for a plan on calibration data, then write the pruned checkpoint;
+`prune --auto --expert-ratio`: score a Qwen3-MoE's experts, then write the uniform cut.
 
     pruned, search = auto_prune("Qwen/Qwen3-0.6B", "qwen3-pruned", DataSpec(samples=64), Target(blocks=8))
+    pruned, saliency = auto_prune("Qwen/Qwen3-30B-A3B", "a3b-cut", DataSpec(), ExpertTarget(expert_ratio=0.25))
 
 The search (`measure/search.py`) only measures: it returns the plan and its report. Writing is this
 module's: `prune` copies the checkpoint with the plan applied, and records the report
@@ -16,11 +18,13 @@ from qprune.arch import SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
 from qprune.io.output import check_output
 from qprune.io.source import Checkpoint, open_checkpoint
+from qprune.measure.goal import ExpertTarget
 from qprune.measure.search import METHODS, Constraints, Target, search
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
 from qprune.progress import as_progress
 
 if TYPE_CHECKING:
+    from qprune.measure.experts import ExpertSaliency
     from qprune.measure.search import SearchResult
     from qprune.ops.prune import PruneResult
     from qprune.progress import Progress
@@ -30,7 +34,7 @@ def auto_prune(
     source: str | Path | Checkpoint,
     out,
     spec,
-    target: Target,
+    target: Target | ExpertTarget,
     *,
     method: str = "greedy",
     metric: str | None = None,
@@ -40,32 +44,59 @@ def auto_prune(
     force: bool = False,
     progress: bool | Progress = True,
     max_memory: int | None = None,
-) -> tuple[PruneResult, SearchResult]:
-    """Choose a plan on `spec`'s calibration data, then write the pruned checkpoint with the search
-    report in it. With `max_memory` (bytes), a model that does not fit is searched layer by layer within
-    it (the same plan). Returns (PruneResult, SearchResult)."""
+) -> tuple[PruneResult, SearchResult | ExpertSaliency]:
+    """Choose what to remove on `spec`'s calibration data, then write the pruned checkpoint.
+
+    - A `Target` (blocks): search a plan (`method`, `metric`, `constraints`) and record the search
+      report in the output. With `max_memory` (bytes), a model that does not fit is searched layer by
+      layer within it (the same plan). Returns (PruneResult, SearchResult).
+    - An `ExpertTarget` (a Qwen3-MoE's experts): score every expert (`measure.experts`) and write the
+      uniform cut as a stock Qwen3-MoE. Returns (PruneResult, ExpertSaliency)."""
     from qprune.measure.data import load_for_measurement
 
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
-    if method not in METHODS:
+    experts = isinstance(target, ExpertTarget)
+    if not experts and method not in METHODS:
         raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
     progress = as_progress(progress)
     checkpoint = open_checkpoint(source)  # once: every step below takes it, nothing is read twice
+    if experts:
+        _check_expert_target(checkpoint, target)
     model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
+    if experts:
+        found, report = _score_experts(model, batch, target, progress), None
+        plan = found.plan(target.expert_ratio, target.expert_metric)
+    else:
+        found = _search_blocks(model, batch, target, method, metric, constraints, progress)
+        plan, report = found.plan, found.report(checkpoint.name, spec.describe(), dtype)
+    del model  # the weights are copied from the files, not from memory
+    size = max_shard_size or DEFAULT_MAX_SHARD_SIZE
+    return prune(checkpoint, Path(out), plan, max_shard_size=size, force=force, search=report), found
+
+
+def _search_blocks(model, batch, target: Target, method, metric, constraints, progress) -> SearchResult:
     config = model.config.to_dict()
     if not family_of(config).attention_prunable(config) and constraints.only != "mlp":
         raise QpruneError(SLIDING_WINDOW_ATTENTION + ": restrict {only} to mlp")
     unit = "layers" if constraints.whole_layers else "blocks"
     goal = f"{target.blocks} {unit}" if target.blocks else f"at most {target.param_ratio:.0%} of decoder parameters"
     progress.note(f"searching ({method}): {goal}")
-    result = search(model, batch, target, method, metric, constraints, progress=progress)
-    del model  # the weights are copied from the files, not from memory
-    pruned = prune(
-        checkpoint,
-        Path(out),
-        result.plan,
-        max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE,
-        force=force,
-        search=result.report(checkpoint.name, spec.describe(), dtype),
-    )
-    return pruned, result
+    return search(model, batch, target, method, metric, constraints, progress=progress)
+
+
+def _check_expert_target(checkpoint: Checkpoint, target: ExpertTarget) -> None:
+    from qprune.arch.qwen3_moe import QWEN3_MOE
+
+    if target.expert_ratio is None:
+        raise QpruneError("give {expert_ratio}: the share of every MoE layer's experts to remove")
+    family = family_of(checkpoint.config)
+    if family is not QWEN3_MOE:
+        raise QpruneError(f"{{expert_ratio}}: {checkpoint.name} is a dense {family.title}; experts are Qwen3-MoE's")
+
+
+def _score_experts(model, batch, target: ExpertTarget, progress) -> ExpertSaliency:
+    from qprune.measure.experts import expert_saliency
+
+    share = f"{target.expert_ratio:.0%}"
+    progress.note(f"scoring experts ({target.expert_metric}) to remove {share} of each MoE layer's")
+    return expert_saliency(model, batch)
