@@ -13,6 +13,7 @@ from conftest import (
     MOE_DENSE_LAYER,
     assert_one_line_error,
     cli,
+    moe_oracle,
     save_tiny_moe,
     save_tiny_qwen3,
     token_batch,
@@ -131,15 +132,40 @@ def test_bad_expert_plans_are_one_line_errors(moe, tmp_path, experts, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_experts_with_blocks_or_of_a_dense_model_are_refused(moe, tmp_path):
+def test_experts_of_a_pruned_moe_block_or_of_a_dense_model_are_refused(moe, tmp_path):
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"attn": [1], "experts": {str(layer): [0] for layer in SPARSE}}))
-    assert_one_line_error(cli("prune", moe, tmp_path / "out", "--plan", plan), "not supported yet")
-    plan.write_text(json.dumps({"mlp": [0], "experts": {"0": [1]}}))
+    plan.write_text(json.dumps({"mlp": [0], "experts": {"0": [1], "1": [1], "3": [1]}}))
     assert_one_line_error(cli("prune", moe, tmp_path / "out", "--plan", plan), "pruned whole")
     dense = save_tiny_qwen3(tmp_path / "dense")
     plan.write_text(json.dumps({"experts": {"0": [1]}}))
     assert_one_line_error(cli("prune", dense, tmp_path / "out", "--plan", plan), "experts are Qwen3-MoE's")
+
+
+JOINT = Plan(attn=(0,), mlp=(1,), experts={0: (2, 5), 3: (0, 7)})  # layer 1's MoE block goes whole
+
+
+def test_experts_with_blocks_are_the_pruned_format_equal_to_both_oracles(moe, tmp_path):
+    """Blocks and experts in one checkpoint: qprune's format with the smaller num_experts; it equals stock
+    transformers with the blocks' output projections zeroed and the experts' router logits at -inf,
+    with and without cache, and its stock export equals it too."""
+    out = tmp_path / "joint"
+    result = qprune.prune(moe, out, JOINT)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "pruned_qwen3_moe" and config["num_experts"] == EXPERTS - 2
+    assert (config["pruned_attn_layers"], config["pruned_mlp_layers"]) == ([0], [1])
+    assert config["qprune_pruned_experts"] == {"0": [2, 5], "1": [], "3": [0, 7]}
+    assert "removed 2 experts from each of 2 MoE layers" in result.summary()
+    oracle = moe_oracle(moe, Plan(JOINT.attn, JOINT.mlp))
+    mask_experts(oracle, JOINT.removed_experts)
+    model = qprune.load(out, dtype=torch.float32)
+    ids = token_batch()
+    with torch.no_grad():
+        assert (model(ids).logits - oracle(ids).logits).abs().max() <= 1e-5
+    assert cli("verify", out, "--base", moe, "-q").exit_code == 0
+    assert cli("export", out, tmp_path / "stock", "-q").exit_code == 0
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "stock", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (stock(ids).logits - oracle(ids).logits).abs().max() <= 1e-5
 
 
 # -- saliency and prune --auto --expert-ratio ---------------------------------------------------------
@@ -234,3 +260,15 @@ def test_bench_says_it_does_not_measure_expert_cuts_yet(moe, tmp_path):
     qprune.prune(moe, tmp_path / "cut", UNIFORM)
     result = cli("bench", tmp_path / "cut", "--base", moe, "-q")
     assert_one_line_error(result, "does not measure expert cuts yet")
+
+
+def test_heal_distils_the_dense_moe_into_an_expert_cut(moe_with_text, tmp_path):
+    """The base the cut records teaches it (its extra experts are no mismatch); the healed model keeps
+    the stock format and the record."""
+    qprune.prune(moe_with_text, tmp_path / "cut", UNIFORM)
+    args = ("--tokens", "256", "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "200", "-q")
+    result = cli("heal", tmp_path / "cut", tmp_path / "healed", *args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "healed" / "config.json").read_text())
+    assert config["num_experts"] == EXPERTS - 2 and config["qprune_pruned_experts"]
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "healed")).__name__ == "Qwen3MoeForCausalLM"

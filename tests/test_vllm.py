@@ -189,7 +189,8 @@ def test_vllm_serves_a_pruned_qwen3_moe(tmp_path):
 
 def test_vllm_serves_an_expert_cut_natively(tmp_path):
     """A uniform expert cut is a stock Qwen3-MoE: vLLM serves it with its own Qwen3MoeForCausalLM (no
-    plugin class), with the greedy tokens transformers computes."""
+    plugin class), with the greedy tokens transformers computes; cut together with blocks, the plugin
+    serves it."""
     from conftest import save_tiny_moe, with_embedded_tokenizer
 
     base = save_tiny_moe(
@@ -200,3 +201,8 @@ def test_vllm_serves_an_expert_cut_natively(tmp_path):
     run = run_engine(tmp_path / "cut")
     assert run["architecture"] == "Qwen3MoeForCausalLM"
     assert run["tokens"] == transformers_greedy(tmp_path / "cut")
+    # With blocks pruned too, it is qprune's format with fewer experts: the plugin serves it.
+    qprune.prune(str(base), tmp_path / "joint", Plan(attn=(0,), mlp=(1,), experts={0: (2, 5), 3: (0, 7)}))
+    joint = run_engine(tmp_path / "joint")
+    assert joint["architecture"] == "PrunedQwen3MoeForCausalLM"
+    assert joint["tokens"] == transformers_greedy(tmp_path / "joint")

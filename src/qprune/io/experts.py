@@ -3,7 +3,7 @@
 
     plan = Plan(experts={1: (0, 5), 3: (2, 7)})        # the same count in every MoE layer: uniform
     check_experts(checkpoint.config, plan, "SRC")      # ranges, dense layers, top-k kept, uniform
-    config = expert_config(checkpoint.config, plan)    # num_experts smaller, qprune_pruned_experts
+    fields = expert_fields(checkpoint.config, plan)    # num_experts smaller, qprune_pruned_experts
     entries = expert_tensors(checkpoint, plan)         # kept experts renumbered, router rows sliced
 
 Removing an expert is exactly masking its router logit to -inf: the softmax and the top-k then run
@@ -12,6 +12,8 @@ experts' router rows and weights removed computes. So a uniform cut is a stock c
 loads (transformers 4.57 and 5.x without remote code, vLLM natively): `model_type: qwen3_moe`,
 `num_experts` reduced, the kept experts renumbered in order. Its config records the source's index of
 every removed expert per layer (`qprune_pruned_experts`), for provenance and for `verify`'s oracle.
+With attention or MLP blocks pruned as well, the checkpoint is qprune's pruned format with that smaller
+`num_experts` (a layer whose MoE block is pruned whole has no experts to cut).
 
 Headers only, like `prune`: tensors are copied from the source's shards, no model is built.
 """
@@ -25,7 +27,6 @@ from qprune.arch.qwen3_moe import QWEN3_MOE, num_experts, sparse_layers
 from qprune.errors import QpruneError
 from qprune.io.safetensors import TensorEntry
 from qprune.io.source import Checkpoint
-from qprune.io.stock import stock_config
 from qprune.plan import Plan
 
 EXPERTS_RECORD = "qprune_pruned_experts"  # config.json: {"layer": [source indices removed]}
@@ -41,15 +42,18 @@ def recorded_experts(config: dict) -> dict[int, tuple[int, ...]]:
 def check_experts(config: dict, plan: Plan, where: str) -> None:
     """Refuse an expert plan this checkpoint cannot take: a dense model, a layer without experts (dense
     by `mlp_only_layers` / `decoder_sparse_step`, or its MoE block pruned), an index out of range,
-    fewer experts kept than a token runs (`num_experts_per_tok`), or different counts per layer
-    (only a uniform cut is written yet: it is a stock Qwen3-MoE) or together with pruned blocks."""
+    fewer experts kept than a token runs (`num_experts_per_tok`), or different counts per layer (only
+    a uniform cut is written yet). Layers whose MoE block is pruned, by the plan or the source, count
+    as having no experts."""
     removed = plan.removed_experts
     if family_of(config) is not QWEN3_MOE:
         raise QpruneError(f"{{experts}}: {where} is a dense {family_of(config).title}; experts are Qwen3-MoE's")
-    sparse, total = set(sparse_layers(config)), num_experts(config)
+    pruned_mlp = set(plan.mlp) | set(Plan.from_config(config).mlp)
+    sparse = set(sparse_layers(config)) - pruned_mlp
+    total = num_experts(config)
     per_token = QWEN3_MOE.config_field(config, "num_experts_per_tok")
     for layer, indices in removed.items():
-        if layer in plan.mlp:
+        if layer in pruned_mlp:
             raise QpruneError(f"{{experts}}: layer {layer}'s MoE block is pruned whole; it takes no expert list")
         if layer not in sparse:
             raise QpruneError(f"{{experts}}: layer {layer} of {where} has a dense MLP, no experts")
@@ -66,34 +70,25 @@ def check_experts(config: dict, plan: Plan, where: str) -> None:
             "{experts}: remove the same number of experts from every MoE layer (a uniform cut, written as a "
             "stock Qwen3-MoE); different counts per layer are not supported yet"
         )
-    if plan.num_blocks or Plan.from_config(config).num_blocks:
-        raise QpruneError(
-            "{experts}: removing experts and pruning attention or MLP blocks in one checkpoint is not supported "
-            "yet; remove the experts first, then prune blocks of the result"
-        )
 
 
-def expert_config(config: dict, plan: Plan, base_model: str) -> dict:
-    """The source's config.json with fewer experts per MoE layer, and the record of which went, in the
-    numbering of the model the source was cut from (a source cut before keeps its record, extended)."""
-    removed, sparse = plan.removed_experts, sparse_layers(config)
-    total = num_experts(config)
-    kept_count = total - len(removed[sparse[0]])
+def expert_fields(config: dict, plan: Plan) -> dict:
+    """The config.json fields an expert cut changes: the smaller expert count, and the record of which
+    went, in the numbering of the model the source was cut from (a source cut before keeps its record,
+    extended)."""
+    removed, total = plan.removed_experts, num_experts(config)
+    kept_count = total - len(next(iter(removed.values())))
     earlier = recorded_experts(config)
     record = {}
-    for layer in sparse:
+    for layer in sparse_layers(config):
         # The source's expert e is the base's e-th surviving expert.
-        base_total = total + len(earlier.get(layer, ()))
-        surviving = [e for e in range(base_total) if e not in set(earlier.get(layer, ()))]
-        gone = set(earlier.get(layer, ())) | {surviving[e] for e in removed.get(layer, ())}
-        record[str(layer)] = sorted(gone)
-    out = stock_config(config, list(range(config["num_hidden_layers"])))
-    out["num_experts"] = kept_count
+        gone_before = set(earlier.get(layer, ()))
+        surviving = [e for e in range(total + len(gone_before)) if e not in gone_before]
+        record[str(layer)] = sorted(gone_before | {surviving[e] for e in removed.get(layer, ())})
+    fields = {"num_experts": kept_count, EXPERTS_RECORD: record}
     if "num_local_experts" in config:
-        out["num_local_experts"] = kept_count
-    out[EXPERTS_RECORD] = record
-    out["qprune_base_model"] = config.get("qprune_base_model", base_model)
-    return dict(sorted(out.items()))
+        fields["num_local_experts"] = kept_count
+    return fields
 
 
 def expert_tensors(checkpoint: Checkpoint, plan: Plan) -> list[TensorEntry]:

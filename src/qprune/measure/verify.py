@@ -75,7 +75,8 @@ def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Ch
         experts = recorded_experts(config)
         if experts:  # the base's tensors as the expert cut renames and slices them
             base = {entry.name: entry for entry in expert_tensors(base_checkpoint, Plan(experts=experts))}
-            expected, source = set(base), f"base {len(base_checkpoint.tensors)} tensors less the removed experts'"
+            expected = {name for name in base if not plan.prunes(name)}
+            source = f"base {len(base_checkpoint.tensors)} tensors less the removed experts' and pruned blocks'"
     else:
         family = family_of(config)
         expected = {name for name in family.expected_tensors(config) if not plan.prunes(name)}

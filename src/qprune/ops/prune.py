@@ -21,9 +21,11 @@ from pathlib import Path
 
 from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
+from qprune.io.experts import check_experts, expert_fields, expert_tensors
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
+from qprune.io.stock import stock_config
 from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
@@ -180,10 +182,8 @@ def prune(
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
     if plan.experts:
-        from qprune.io.experts import check_experts, expert_tensors
-
         check_experts(config, plan, source_checkpoint.name)
-        kept = expert_tensors(source_checkpoint, plan)
+        kept = [entry for entry in expert_tensors(source_checkpoint, plan) if not total.prunes(entry.name)]
     else:
         kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
@@ -209,12 +209,14 @@ def prune(
     tokenizer_settings = tokenizer_config(source_checkpoint)
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
-        if plan.experts:  # a stock Qwen3-MoE: no plan fields, no modeling code
-            from qprune.io.experts import expert_config
-
-            new_config, modeling_files = expert_config(config, plan, base_model), ()
+        source_config = config | expert_fields(config, plan) if plan.experts else config
+        if plan.experts and not total.num_blocks:  # a stock Qwen3-MoE: no plan fields, no modeling code
+            all_layers = list(range(num_layers))
+            base_fields = {"qprune_base_model": base_model} | ({"qprune_base_path": base_path} if base_path else {})
+            new_config = stock_config(source_config, all_layers) | base_fields  # where heal finds its teacher
+            new_config, modeling_files = dict(sorted(new_config.items())), ()
         else:
-            new_config = pruned_config(config, total, base_model, base_path)
+            new_config = pruned_config(source_config, total, base_model, base_path)
             modeling_files = family_of(config).modeling_files
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
         for name in modeling_files:
@@ -225,7 +227,8 @@ def prune(
             (tmp / "tokenizer_config.json").write_text(tokenizer_settings)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
-        card = expert_card(result, base_model) if plan.experts else model_card(result, base_model, search)
+        stock = plan.experts and not total.num_blocks
+        card = expert_card(result, base_model) if stock else model_card(result, base_model, search)
         (tmp / "README.md").write_text(card)
     return result
 
@@ -239,17 +242,22 @@ def _change(before: int, after: int) -> str:
 
 def summary(result: PruneResult) -> str:
     blocks = 2 * result.num_layers
+    head = []
     if result.added.experts:
         removed = result.added.removed_experts
-        head = [
+        kind = f"a stock {family_of({'model_type': result.model_type}).title}" if not result.plan.num_blocks else ""
+        head.append(
             f"removed {len(next(iter(removed.values())))} experts from each of {len(removed)} MoE layers "
-            f"-> {result.out} (a stock {family_of({'model_type': result.model_type}).title})",
-        ]
-    else:
-        head = [
-            f"pruned {result.added.num_blocks} blocks ({result.added}) -> {result.out}",
-            f"blocks pruned in total: {result.plan.num_blocks} of {blocks} ({result.plan})",
-        ]
+            f"-> {result.out}" + (f" ({kind})" if kind else "")
+        )
+    if result.added.num_blocks or not result.added.experts:
+        head.append(
+            f"pruned {result.added.num_blocks} blocks ({Plan(result.added.attn, result.added.mlp)}) -> {result.out}"
+        )
+    if result.plan.num_blocks:
+        head.append(
+            f"blocks pruned in total: {result.plan.num_blocks} of {blocks} ({Plan(result.plan.attn, result.plan.mlp)})"
+        )
     return "\n".join(
         head
         + [
