@@ -256,10 +256,26 @@ def test_expert_ratio_bad_input(moe_with_text, tmp_path):
     assert not out.exists()
 
 
-def test_bench_says_it_does_not_measure_expert_cuts_yet(moe, tmp_path):
+def test_bench_ideal_counts_the_experts_a_cut_lacks(moe, tmp_path):
+    """bench measures an expert cut against its base: its ideal is the base's cost over the cut's, whose
+    router is smaller and whose batch reads fewer distinct experts (cost.decode_bytes_per_step)."""
+    from qprune.cost import Shape, decode_bytes_per_step, ideal_speedups
+
     qprune.prune(moe, tmp_path / "cut", UNIFORM)
-    result = cli("bench", tmp_path / "cut", "--base", moe, "-q")
-    assert_one_line_error(result, "does not measure expert cuts yet")
+    args = ("--batch", "1,8", "--prompt-len", "8", "--new-tokens", "2", "--repeats", "1", "--warmup", "0")
+    result = cli("bench", tmp_path / "cut", "--base", moe, *args, "--dtype", "float32", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    rows = {row["batch"]: row for row in json.loads(result.output)["batches"]}
+    dense = Shape.from_config(json.loads((moe / "config.json").read_text()))
+    cut = Shape.from_config(json.loads((tmp_path / "cut" / "config.json").read_text()))
+    assert cut.experts == dense.experts - 2
+    for batch, row in rows.items():
+        ideal = ideal_speedups(dense, Plan(), Plan(), batch, 8, 2, 4, pruned_shape=cut)
+        assert row["ideal_decode_speedup"] == pytest.approx(ideal.decode)
+        assert ideal.decode == pytest.approx(
+            decode_bytes_per_step(dense, Plan(), batch, 8, 2, 4) / decode_bytes_per_step(cut, Plan(), batch, 8, 2, 4)
+        )
+    assert rows[8]["ideal_decode_speedup"] > rows[1]["ideal_decode_speedup"] > 1  # a batch reads more experts
 
 
 def test_heal_distils_the_dense_moe_into_an_expert_cut(moe_with_text, tmp_path):

@@ -214,10 +214,14 @@ def ideal_speedups(
     prompt_len: int,
     new_tokens: int,
     dtype_bytes: int = 2,
+    pruned_shape: Shape | None = None,
 ) -> IdealSpeedups:
-    """Speedups of `pruned` over `dense` (usually the empty plan) if time followed FLOPs and bytes."""
+    """Speedups of `pruned` over `dense` (usually the empty plan) if time followed FLOPs and bytes.
+    `pruned_shape`: the pruned model's shape where it differs from `shape` (an expert cut has fewer
+    experts per MoE layer: a smaller router, and fewer distinct experts read by a batch)."""
+    small = pruned_shape or shape
     return IdealSpeedups(
-        prefill=prefill_flops_per_token(shape, dense, prompt_len) / prefill_flops_per_token(shape, pruned, prompt_len),
+        prefill=prefill_flops_per_token(shape, dense, prompt_len) / prefill_flops_per_token(small, pruned, prompt_len),
         decode=decode_bytes_per_step(shape, dense, batch, prompt_len, new_tokens, dtype_bytes)
-        / decode_bytes_per_step(shape, pruned, batch, prompt_len, new_tokens, dtype_bytes),
+        / decode_bytes_per_step(small, pruned, batch, prompt_len, new_tokens, dtype_bytes),
     )

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -231,9 +231,9 @@ def checkpoint_pair(
     from qprune.runtime.load import load
 
     model, base = open_checkpoint(model), open_checkpoint(base)
-    if "qprune_pruned_experts" in model.config:
-        raise QpruneError(f"{model} lacks experts of {{base}} {base}: bench does not measure expert cuts yet")
     shapes = Shape.from_config(model.config), Shape.from_config(base.config)
+    if "qprune_pruned_experts" in model.config:  # an expert cut: the same shape but for the expert count
+        shapes = replace(shapes[0], experts=shapes[1].experts), shapes[1]
     if shapes[0] != shapes[1]:
         raise QpruneError(f"{model} and {{base}} {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
     device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
@@ -424,6 +424,7 @@ def run_bench(
         if quantize is not None:  # each separately: the pair shares its unquantized tensors
             dense, pruned = quantize_model(dense, quantize), quantize_model(pruned, quantize)
         source = {"shape": shape, "description": f"{shape} shape{source_note}, random weights"}
+        pruned_shape = the_shape
     else:
         if model is None:
             raise QpruneError("give a pruned checkpoint and {base}, or {shape} with {attn}/{mlp}")
@@ -434,7 +435,7 @@ def run_bench(
         if layers is not None:
             raise QpruneError("{layers} goes with {shape}")
         dense, pruned = checkpoint_pair(model, base, getattr(torch, dtype), device, quantize)
-        the_shape = Shape.from_config(dense.config)
+        the_shape, pruned_shape = Shape.from_config(dense.config), Shape.from_config(pruned.config)
         source = {"model": str(model), "base": str(base), "description": f"{model} vs {base}"}
     dense_plan = Plan.from_config(dense.config.to_dict())
     pruned_plan = Plan.from_config(pruned.config.to_dict())
@@ -442,8 +443,9 @@ def run_bench(
     element = dense.get_input_embeddings().weight.element_size()
     for row in rows:
         ideal = ideal_speedups(
-            the_shape, dense_plan, pruned_plan, row["batch"], settings.prompt_len, settings.new_tokens, element
-        )
+            the_shape, dense_plan, pruned_plan, row["batch"], settings.prompt_len, settings.new_tokens, element,
+            pruned_shape=pruned_shape,
+        )  # fmt: skip
         row["ideal_prefill_speedup"], row["ideal_decode_speedup"] = ideal.prefill, ideal.decode
         row["prefill_vs_ideal"] = row["prefill_speedup"] / ideal.prefill
         row["decode_vs_ideal"] = row["decode_speedup"] / ideal.decode
