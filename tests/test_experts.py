@@ -288,3 +288,44 @@ def test_heal_distils_the_dense_moe_into_an_expert_cut(moe_with_text, tmp_path):
     config = json.loads((tmp_path / "healed" / "config.json").read_text())
     assert config["num_experts"] == EXPERTS - 2 and config["qprune_pruned_experts"]
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "healed")).__name__ == "Qwen3MoeForCausalLM"
+
+
+def test_a_damaged_expert_record_is_one_line(moe, tmp_path):
+    qprune.prune(moe, tmp_path / "cut", UNIFORM)
+    path = tmp_path / "cut" / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"qprune_pruned_experts": {"0": "1,6"}}))
+    result = cli("verify", tmp_path / "cut", "--base", moe, "-q")
+    assert_one_line_error(result, "qprune_pruned_experts: experts of layer 0 must be a list of expert indices")
+
+
+def test_scan_experts_writes_the_expert_heatmap(moe_with_text, tmp_path):
+    pytest.importorskip("matplotlib", reason="the heatmaps need matplotlib")
+    args = ("--experts", "--samples", "2", "--seq-len", "32", "--out", tmp_path / "scan", "-q")
+    result = cli("scan", moe_with_text, *args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "scan" / "experts.png").stat().st_size > 0 and "experts.png" in result.output
+    report = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert len(report["experts"]["scores"]["reap"][str(SPARSE[0])]) == EXPERTS
+
+
+def test_saliency_layer_by_layer_equals_in_memory(moe):
+    """Within --max-memory the hooks fire while each layer is resident: the same scores."""
+    from qprune.measure.experts import expert_saliency
+    from qprune.runtime.streamed import StreamedModel
+
+    ids = token_batch(batch=3, length=20)
+    whole = expert_saliency(_stock(moe), ids)
+    streamed = expert_saliency(StreamedModel.open(moe, torch.float32, max_memory=2 * 10**8), ids)
+    for metric in ("frequency", "reap"):
+        for layer in SPARSE:
+            assert streamed.scores[metric][layer] == pytest.approx(whole.scores[metric][layer], rel=1e-5, abs=1e-7)
+
+
+def test_prune_auto_expert_ratio_within_max_memory(moe_with_text, tmp_path):
+    args = ("--auto", "--expert-ratio", "0.25", "--samples", "4", "--seq-len", "32", "--dtype", "float32")
+    whole = cli("prune", moe_with_text, tmp_path / "whole", *args, "-q")
+    spilled = cli("prune", moe_with_text, tmp_path / "layered", *args, "--max-memory", "9.6MB")
+    assert whole.exit_code == 0 and spilled.exit_code == 0, spilled.output
+    assert "measuring in memory" not in spilled.output  # it ran layer by layer
+    records = [json.loads((tmp_path / name / "config.json").read_text()) for name in ("whole", "layered")]
+    assert records[0]["qprune_pruned_experts"] == records[1]["qprune_pruned_experts"]

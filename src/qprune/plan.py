@@ -49,7 +49,7 @@ def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def _expert_lists(experts: object, where: str) -> dict[int, tuple[int, ...]]:
+def expert_lists(experts: object, where: str) -> dict[int, tuple[int, ...]]:
     """{layer: sorted expert indices} from a mapping of layer (int, or its decimal string in JSON) to
     a list of distinct non-negative expert indices; anything else is a `QpruneError` saying where."""
     if not isinstance(experts, dict):
@@ -85,7 +85,7 @@ class Plan:
         object.__setattr__(self, "attn", tuple(sorted(set(self.attn))))
         object.__setattr__(self, "mlp", tuple(sorted(set(self.mlp))))
         experts = self.experts if isinstance(self.experts, dict) else dict(self.experts)
-        object.__setattr__(self, "experts", tuple(_expert_lists(experts, "experts").items()))
+        object.__setattr__(self, "experts", tuple(expert_lists(experts, "experts").items()))
 
     @property
     def removed_experts(self) -> dict[int, tuple[int, ...]]:
@@ -114,7 +114,7 @@ class Plan:
                 raise QpruneError(f"plan file {path}: {key!r} must be a list of layer numbers")
             if any(i < 0 for i in layers):
                 raise QpruneError(f"plan file {path}: {key!r} holds a negative layer")
-        experts = _expert_lists(data.get("experts", {}), f"plan file {path}")
+        experts = expert_lists(data.get("experts", {}), f"plan file {path}")
         return cls(tuple(lists["attn"]), tuple(lists["mlp"]), tuple(experts.items()))
 
     @classmethod

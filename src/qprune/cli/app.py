@@ -189,10 +189,9 @@ def prune(
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
         from qprune.ops.auto import auto_prune
 
-        if expert_ratio is not None and (blocks is not None or param_ratio is not None or whole_layers or memory):
+        if expert_ratio is not None and (blocks is not None or param_ratio is not None or whole_layers):
             raise QpruneError(
-                "--expert-ratio removes experts only: it takes no --blocks, --param-ratio, --whole-layers or "
-                "--max-memory (yet)"
+                "--expert-ratio removes experts only: it takes no --blocks, --param-ratio or --whole-layers (yet)"
             )
         target = settings_from(ExpertTarget if expert_ratio is not None else Target, values)
         result, found = auto_prune(

@@ -27,7 +27,7 @@ from qprune.arch.qwen3_moe import QWEN3_MOE, num_experts, sparse_layers
 from qprune.errors import QpruneError
 from qprune.io.safetensors import TensorEntry
 from qprune.io.source import Checkpoint
-from qprune.plan import Plan
+from qprune.plan import Plan, expert_lists
 
 EXPERTS_RECORD = "qprune_pruned_experts"  # config.json: {"layer": [source indices removed]}
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(.+)$")
@@ -35,8 +35,7 @@ _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(.+)$")
 
 def recorded_experts(config: dict) -> dict[int, tuple[int, ...]]:
     """The experts a checkpoint qprune wrote lacks, per layer, in its base's numbering ({} for none)."""
-    record = config.get(EXPERTS_RECORD) or {}
-    return {int(layer): tuple(indices) for layer, indices in record.items()}
+    return expert_lists(config.get(EXPERTS_RECORD) or {}, f"config.json's {EXPERTS_RECORD}")
 
 
 def check_experts(config: dict, plan: Plan, where: str) -> None:

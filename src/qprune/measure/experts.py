@@ -16,6 +16,7 @@ exactly as the stock router computes it: softmax in float32 over the experts, to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -107,15 +108,15 @@ def _activation(block: torch.nn.Module):
 
 def expert_saliency(model, batch: torch.Tensor, progress=None) -> ExpertSaliency:
     """Frequency and REAP saliency of every expert of every MoE layer the model runs, on `batch`
-    ([samples, seq_len] token ids), from one forward pass. The model must be whole in memory."""
+    ([samples, seq_len] token ids), from one forward pass: in memory, or layer by layer for a model
+    measured within `--max-memory` (the hooks fire while each layer's weights are resident)."""
     import time
 
-    if not engine_of(model).whole:
-        raise QpruneError("expert saliency needs the whole model in memory; it is not measured layer by layer yet")
-    blocks = moe_blocks(model)
+    engine = engine_of(model)
+    blocks = moe_blocks(engine.skeleton)
     if not blocks:
         raise QpruneError("the model has no MoE layer with experts to score (a dense Qwen3, or every MoE block pruned)")
-    config = model.config
+    config = engine.skeleton.config
     experts, per_token = config.num_experts, config.num_experts_per_tok
     norm_topk = getattr(config, "norm_topk_prob", False)
     routed = {i: torch.zeros(experts, dtype=torch.float64) for i in blocks}
@@ -144,14 +145,11 @@ def expert_saliency(model, batch: torch.Tensor, progress=None) -> ExpertSaliency
 
     start = time.perf_counter()
     handles = [block.register_forward_hook(hook(i)) for i, block in blocks.items()]
-    device = model.get_input_embeddings().weight.device
     rows = max(1, _TOKENS_AT_ONCE // batch.shape[1])
     try:
         with torch.no_grad():
-            for first in range(0, batch.shape[0], rows):
-                model(batch[first : first + rows].to(device), use_cache=False)
-                if progress is not None:
-                    progress.note(f"expert saliency: {min(first + rows, batch.shape[0])}/{batch.shape[0]} sequences")
+            for _ in engine.final_states(list(batch.split(rows)), progress, "expert saliency"):
+                pass  # the hooks record; the final states are not needed
     finally:
         for handle in handles:
             handle.remove()
@@ -161,3 +159,33 @@ def expert_saliency(model, batch: torch.Tensor, progress=None) -> ExpertSaliency
         "frequency": {i: (routed[i] / (tokens * per_token)).tolist() for i in blocks},
     }
     return ExpertSaliency(experts, per_token, scores, tokens, {"saliency": time.perf_counter() - start})
+
+
+def write_expert_heatmap(saliency: ExpertSaliency, path: Path, title: str) -> bool:
+    """Two panels, MoE layers down and experts across: routing frequency and REAP's saliency, each
+    coloured by its rank within the layer (what a uniform cut compares). False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    layers = list(saliency.scores["reap"])
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 0.25 * saliency.experts * 2, 1.2 + 0.25 * len(layers)), squeeze=False)
+    for ax, (metric, label) in zip(
+        axes[0], (("frequency", "routing frequency"), ("reap", "REAP saliency")), strict=True
+    ):
+        grid = []
+        for layer in layers:
+            values = saliency.scores[metric][layer]
+            order = sorted(range(saliency.experts), key=lambda e: values[e])
+            grid.append([order.index(e) for e in range(saliency.experts)])
+        ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
+        ax.set(title=f"{label} (rank in its layer; dark = first to go)", xlabel="expert", ylabel="MoE layer")
+        ax.set_yticks(range(len(layers)), [str(i) for i in layers])
+    fig.suptitle(f"{title}: experts", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -34,7 +34,7 @@ from qprune.io.source import Checkpoint
 from qprune.measure.ablation import KINDS, Block, TokenStats, all_blocks, micro_batches, token_stats
 from qprune.measure.data import DataSpec
 from qprune.measure.engine import engine_of
-from qprune.measure.experts import ExpertSaliency, expert_saliency
+from qprune.measure.experts import ExpertSaliency, expert_saliency, write_expert_heatmap
 
 # Each measure's importance: the lower, the safer to remove. Cosine similarity is turned around.
 METRICS = {
@@ -314,7 +314,7 @@ class ScanReport:
         if self.out is not None:
             lines.append(f"\nreport: {self.out / 'scan.json'}")
             lines.append(
-                f"heatmap: {self.out / 'scan.png'}"
+                f"heatmap: {self.out / 'scan.png'}" + (f", {self.out / 'experts.png'}" if self.experts else "")
                 if self.heatmap
                 else "heatmap: skipped, needs matplotlib: pip install matplotlib"
             )
@@ -370,5 +370,8 @@ def run_scan(
     if out is not None:
         with atomic_output(Path(out), force, sources=[checkpoint.dir]) as tmp:
             (tmp / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
-            heatmap = write_heatmap(result, tmp / "scan.png", Path(checkpoint.name.rstrip("/")).name)
+            title = Path(checkpoint.name.rstrip("/")).name
+            heatmap = write_heatmap(result, tmp / "scan.png", title)
+            if saliency is not None:
+                write_expert_heatmap(saliency, tmp / "experts.png", title)
     return ScanReport(result, report, Path(out) if out is not None else None, heatmap, saliency)
