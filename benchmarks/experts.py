@@ -1,6 +1,7 @@
 """Which experts to remove: held-out perplexity of a small trained Qwen3-MoE after removing 25, 50 and
-75% of every MoE layer's experts, chosen by REAP's saliency (qprune's default), by routing frequency,
-and at random.
+75% of its experts, chosen by REAP's saliency (qprune's default), by routing frequency, by the KL when
+each is masked alone, and at random; each (but random) uniform (the same count in every layer) and
+non-uniform (the same total, counts free per layer).
 
     python benchmarks/experts.py                  # trains the model first (about 5 minutes on 2 cores)
     python benchmarks/experts.py --steps 200      # a shorter training, for a quick look
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+import qprune
 from qprune.measure.data import DataSpec, load_token_batches
 from qprune.measure.experts import expert_saliency
 from qprune.measure.verify import mask_experts
@@ -88,22 +90,31 @@ def main() -> None:
                 total, count = total + loss.item() * rows.numel(), count + rows.numel()
         return math.exp(total / count)
 
-    model = Qwen3MoeForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
-    saliency = expert_saliency(model, calibration)
+    saliency = expert_saliency(qprune.load(args.out, dtype=torch.float32), calibration, kl=True)
     layers = list(saliency.scores["reap"])
+    took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in saliency.timings.items())
     print(f"\nheld-out: {heldout.shape[0]} x {SEQ_LEN} tokens; calibration {calibration.shape[0]} x {SEQ_LEN}")
-    print(f"dense held-out perplexity: {perplexity({}):.3f}  (saliency took {saliency.timings['saliency']:.1f} s)\n")
-    print("| experts removed per layer | REAP (default) | frequency | random (mean of 3) |")
-    print("|---|---|---|---|")
+    print(f"dense held-out perplexity: {perplexity({}):.3f}  (scoring took: {took})\n")
+    metrics = ("reap", "frequency", "kl")
+    print(
+        "| experts removed | "
+        + " | ".join(f"{m} {a}" for m in metrics for a in ("uniform", "non-uniform"))
+        + " | random (mean of 3) | non-uniform counts per layer (kl) |"
+    )
+    print("|---" * 9 + "|")
     for ratio in (0.25, 0.5, 0.75):
         count = round(ratio * EXPERTS)
-        reap = perplexity(saliency.plan(ratio, "reap").removed_experts)
-        frequency = perplexity(saliency.plan(ratio, "frequency").removed_experts)
+        cells = []
+        for metric in metrics:
+            for allocation in ("uniform", "nonuniform"):
+                cells.append(f"{perplexity(saliency.plan(ratio, metric, allocation).removed_experts):.3f}")
         randoms = []
         for seed in range(3):
             rng = random.Random(seed)
             randoms.append(perplexity({layer: tuple(sorted(rng.sample(range(EXPERTS), count))) for layer in layers}))
-        print(f"| {count} of {EXPERTS} ({ratio:.0%}) | {reap:.3f} | {frequency:.3f} | {sum(randoms) / 3:.3f} |")
+        uneven = saliency.plan(ratio, "kl", "nonuniform").removed_experts
+        counts = "/".join(str(len(uneven.get(layer, ()))) for layer in layers)
+        print(f"| {count} of {EXPERTS} per layer ({ratio:.0%}) | {' | '.join(cells)} | {sum(randoms) / 3:.3f} | {counts} |")
 
 
 if __name__ == "__main__":

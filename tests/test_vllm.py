@@ -189,8 +189,8 @@ def test_vllm_serves_a_pruned_qwen3_moe(tmp_path):
 
 def test_vllm_serves_an_expert_cut_natively(tmp_path):
     """A uniform expert cut is a stock Qwen3-MoE: vLLM serves it with its own Qwen3MoeForCausalLM (no
-    plugin class), with the greedy tokens transformers computes; cut together with blocks, the plugin
-    serves it."""
+    plugin class), with the greedy tokens transformers computes; cut together with blocks, or unevenly,
+    the plugin serves it."""
     from conftest import save_tiny_moe, with_embedded_tokenizer
 
     base = save_tiny_moe(
@@ -206,3 +206,9 @@ def test_vllm_serves_an_expert_cut_natively(tmp_path):
     joint = run_engine(tmp_path / "joint")
     assert joint["architecture"] == "PrunedQwen3MoeForCausalLM"
     assert joint["tokens"] == transformers_greedy(tmp_path / "joint")
+    # Different counts per layer: qprune's format with layer_num_experts; each fused-MoE block is sized
+    # to its layer.
+    qprune.prune(str(base), tmp_path / "uneven", Plan(experts={0: (1,), 1: (0, 2, 5, 7), 3: (3, 4)}))
+    uneven = run_engine(tmp_path / "uneven")
+    assert uneven["architecture"] == "PrunedQwen3MoeForCausalLM"
+    assert uneven["tokens"] == transformers_greedy(tmp_path / "uneven")

@@ -49,6 +49,12 @@ class Shape:
     experts_per_token: int = 0
     expert_intermediate: int = 0
     dense_mlp_layers: tuple[int, ...] = ()
+    # After an expert cut that is not uniform: each layer's experts (`experts` is then the largest).
+    layer_experts: tuple[int, ...] = ()
+
+    def experts_in(self, layer: int) -> int:
+        """The experts of `layer`'s MoE block."""
+        return self.layer_experts[layer] if self.layer_experts else self.experts
 
     @classmethod
     def from_config(cls, config) -> Shape:
@@ -86,7 +92,8 @@ class Shape:
     def with_layers(self, layers: int) -> Shape:
         """The same shape, `layers` deep (a bench that does not fit memory at full depth)."""
         dense = tuple(i for i in self.dense_mlp_layers if i < layers)
-        return Shape(**{**self.to_dict(), "layers": layers, "dense_mlp_layers": dense})
+        experts = self.layer_experts[:layers]
+        return Shape(**{**self.to_dict(), "layers": layers, "dense_mlp_layers": dense, "layer_experts": experts})
 
     def config_fields(self) -> dict:
         """Keyword arguments for the family's config class (`Qwen3Config`, `Qwen3MoeConfig`)."""
@@ -96,7 +103,7 @@ class Shape:
             "moe_intermediate_size": self.expert_intermediate,
             "mlp_only_layers": list(self.dense_mlp_layers),
             "head_dim": self.head_dim,
-        }
+        } | ({"layer_num_experts": list(self.layer_experts)} if self.layer_experts else {})
         return (moe if self.experts else {}) | {
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
@@ -133,7 +140,7 @@ def block_parameters(shape: Shape, layer: int = 0) -> dict[str, int]:
     bias = q + 2 * kv + shape.hidden if shape.attention_bias else 0  # q, k, v and o_proj biases
     attn = shape.hidden * q + 2 * shape.hidden * kv + q * shape.hidden + bias + 2 * shape.head_dim + shape.hidden
     if shape.is_sparse(layer):
-        mlp = shape.experts * (_expert_parameters(shape) + shape.hidden) + shape.hidden
+        mlp = shape.experts_in(layer) * (_expert_parameters(shape) + shape.hidden) + shape.hidden
     else:
         mlp = 3 * shape.hidden * shape.intermediate + shape.hidden
     return {"attn": attn, "mlp": mlp}
@@ -143,7 +150,7 @@ def _active_mlp_parameters(shape: Shape, layer: int, experts_run: float) -> floa
     """Parameters an MLP block reads when `experts_run` of its experts run (dense blocks: all)."""
     if not shape.is_sparse(layer):
         return block_parameters(shape, layer)["mlp"]
-    return shape.experts * shape.hidden + experts_run * _expert_parameters(shape) + shape.hidden
+    return shape.experts_in(layer) * shape.hidden + experts_run * _expert_parameters(shape) + shape.hidden
 
 
 def _kept_layers(shape: Shape, plan: Plan) -> tuple[list[int], list[int]]:
@@ -189,12 +196,13 @@ def decode_bytes_per_step(
 ) -> float:
     weights = parameter_count(shape, plan) - (0 if shape.tied else shape.vocab * shape.hidden)  # input embedding
     if shape.experts:  # a step reads only the experts its B tokens pick
-        k, e = shape.experts_per_token, shape.experts
-        touched = e * (1 - (1 - k / e) ** batch)
-        mlp_layers = _kept_layers(shape, plan)[1]
-        weights -= sum(
-            block_parameters(shape, i)["mlp"] - _active_mlp_parameters(shape, i, touched) for i in mlp_layers
-        )
+
+        def touched(layer: int) -> float:
+            k, e = shape.experts_per_token, shape.experts_in(layer)
+            return e * (1 - (1 - k / e) ** batch)
+
+        sparse = [i for i in _kept_layers(shape, plan)[1] if shape.is_sparse(i)]
+        weights -= sum(block_parameters(shape, i)["mlp"] - _active_mlp_parameters(shape, i, touched(i)) for i in sparse)
     weight_bytes = (weights + batch * shape.hidden) * dtype_bytes  # + the rows the batch looks up
     context = prompt_len + (new_tokens + 1) / 2
     return weight_bytes + kv_bytes(shape, plan, batch, 1, dtype_bytes) * context

@@ -3,7 +3,9 @@
 A layer's feed-forward block is sparse when it is not in `mlp_only_layers` and
 `(layer + 1) % decoder_sparse_step == 0`: a router `mlp.gate` (experts x hidden) and `num_experts`
 experts, each a gated MLP of width `moe_intermediate_size`. Otherwise it is Qwen3's dense MLP of
-width `intermediate_size`. Checkpoints hold one tensor per expert (`mlp.experts.{e}.down_proj.weight`)
+width `intermediate_size`. A checkpoint qprune wrote with different expert counts per layer (an expert
+cut that is not uniform) states them in `layer_num_experts` (one count per layer, 0 for a dense one;
+`num_experts` is then the largest). Checkpoints hold one tensor per expert (`mlp.experts.{e}.down_proj.weight`)
 in every transformers version; 5.x fuses them into 3-D parameters in memory (`mlp.experts.down_proj`),
 so the output projections below name both.
 
@@ -22,6 +24,8 @@ from qprune.arch.family import (
     is_int,
 )
 from qprune.arch.qwen3 import decoder_tensors, dense_mlp_tensors
+
+LAYER_EXPERTS = "layer_num_experts"  # qprune's pruned format: experts per layer where counts differ
 
 # Qwen3MoeConfig's defaults, for the fields a config.json may leave out (it has no head_dim field:
 # attention then uses hidden_size / num_attention_heads).
@@ -51,7 +55,13 @@ _CONFIG_CHECKS: dict[str, FieldKind] = {
     "num_experts": OPTIONAL_COUNT,
     "num_local_experts": OPTIONAL_COUNT,
     "mlp_only_layers": OPTIONAL_LAYERS,  # null is none
+    LAYER_EXPERTS: FieldKind("a list of one expert count per layer", lambda value, config: _counts(value, config)),
 }
+
+
+def _counts(value: object, config: dict) -> bool:
+    counts_ok = isinstance(value, list) and all(is_int(v) and v >= 0 for v in value)
+    return counts_ok and len(value) == config.get("num_hidden_layers")
 
 
 def _config_relations(config: dict) -> str | None:
@@ -59,6 +69,11 @@ def _config_relations(config: dict) -> str | None:
     experts, per_token = config.get("num_experts", config.get("num_local_experts")), config.get("num_experts_per_tok")
     if is_int(experts) and experts > 0 and is_int(per_token) and per_token > experts:
         return f"num_experts_per_tok is {per_token}, more than the {experts} experts"
+    counts = config.get(LAYER_EXPERTS)
+    if isinstance(counts, list) and is_int(experts) and is_int(per_token):
+        for layer, count in enumerate(counts):
+            if count and not per_token <= count <= experts:
+                return f"{LAYER_EXPERTS} gives layer {layer} {count} experts, not num_experts_per_tok..num_experts"
     return None
 
 
@@ -66,6 +81,13 @@ def num_experts(config: dict) -> int:
     """Experts per MoE block. transformers 5.x writes the field as `num_local_experts`, 4.x as
     `num_experts`; either may be read."""
     return config.get("num_experts", config.get("num_local_experts", _DEFAULTS["num_experts"]))
+
+
+def expert_counts(config: dict) -> dict[int, int]:
+    """{MoE layer: its experts}: `num_experts` in every sparse layer, unless `layer_num_experts` says
+    otherwise (qprune's format for an expert cut that is not uniform). The one place that reads it."""
+    counts = config.get(LAYER_EXPERTS)
+    return {i: counts[i] if counts else num_experts(config) for i in sparse_layers(config)}
 
 
 def sparse_layers(config: dict) -> list[int]:
@@ -80,17 +102,16 @@ def sparse_layers(config: dict) -> list[int]:
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor of a dense Qwen3-MoE with this (validated) config, with its shape, as checkpoints
     name them (one tensor per expert)."""
-    sparse = set(sparse_layers(config))
-    experts = num_experts(config)
+    counts = expert_counts(config)
     inner = QWEN3_MOE.config_field(config, "intermediate_size")
     expert_inner = QWEN3_MOE.config_field(config, "moe_intermediate_size")
 
     def mlp_tensors(i: int, hidden: int) -> dict[str, tuple[int, ...]]:
         mlp = f"model.layers.{i}.mlp"
-        if i not in sparse:
+        if i not in counts:
             return dense_mlp_tensors(mlp, hidden, inner)
-        shapes = {f"{mlp}.gate.weight": (experts, hidden)}
-        for e in range(experts):
+        shapes = {f"{mlp}.gate.weight": (counts[i], hidden)}
+        for e in range(counts[i]):
             shapes |= dense_mlp_tensors(f"{mlp}.experts.{e}", hidden, expert_inner)
         return shapes
 
@@ -135,7 +156,9 @@ def shape_fields(config: dict) -> dict:
     """The expert fields of `cost.Shape`: experts per block, those a token runs, their width, and the
     layers whose feed-forward block is dense."""
     sparse = set(sparse_layers(config))
+    counts = config.get(LAYER_EXPERTS)
     return {
+        "layer_experts": tuple(counts) if counts else (),
         "experts": num_experts(config),
         "experts_per_token": QWEN3_MOE.config_field(config, "num_experts_per_tok"),
         "expert_intermediate": QWEN3_MOE.config_field(config, "moe_intermediate_size"),

@@ -153,6 +153,7 @@ def prune(
     whole_layers: bool = option(Constraints, "whole_layers", panel=SEARCH),
     expert_ratio: Optional[float] = option(ExpertTarget, "expert_ratio", panel=SEARCH),
     expert_metric: str = option(ExpertTarget, "expert_metric", panel=SEARCH),
+    expert_allocation: str = option(ExpertTarget, "expert_allocation", panel=SEARCH),
     dtype: str = in_panel(DTYPE, SEARCH),
     max_memory: Optional[str] = in_panel(MAX_MEMORY, SEARCH),
     source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
@@ -256,6 +257,9 @@ def scan(
     experts: bool = typer.Option(
         False, "--experts", help="Qwen3-MoE: also score every expert (routing frequency, REAP's saliency)."
     ),
+    expert_kl: bool = typer.Option(
+        False, "--expert-kl", help="With --experts: also the KL when each expert alone is masked (a replay each)."
+    ),
     force: bool = FORCE,
     quiet: bool = QUIET,
 ) -> None:
@@ -275,6 +279,7 @@ def scan(
             whole_layers=whole_layers,
             max_memory=parse_memory(max_memory),
             experts=experts,
+            expert_kl=expert_kl,
         )
     show(done, as_json)
 

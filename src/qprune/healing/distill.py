@@ -146,7 +146,7 @@ def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
     The first mismatch is named."""
     from qprune.cost import Shape
     from qprune.healing.kd import tokenizer_digest
-    from qprune.io.experts import recorded_experts
+    from qprune.io.experts import kept_counts, recorded_experts
     from qprune.plan import Plan
 
     student_config, teacher_config = student.config, teacher.config
@@ -159,7 +159,9 @@ def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
     student_shape, teacher_shape = Shape.from_config(student_config).to_dict(), Shape.from_config(teacher_config)
     removed = recorded_experts(student_config)  # an expert cut: its base had that many more experts per layer
     if removed:
-        student_shape["experts"] += max(len(experts) for experts in removed.values())
+        counts = kept_counts(student_config, Plan())
+        student_shape["experts"] = max((n + len(removed.get(i, ())) for i, n in counts.items()), default=0)
+        student_shape["layer_experts"] = ()  # its base had one count in every layer
     for field_name, teacher_value in teacher_shape.to_dict().items():
         if teacher_value != student_shape[field_name]:
             label = _SHAPE_FIELDS.get(field_name, field_name)

@@ -46,6 +46,7 @@ from vllm.model_executor.models.utils import (
 from vllm.transformers_utils.config import set_default_rope_theta
 
 from qprune.arch import SLIDING_WINDOW_ATTENTION, family_of
+from qprune.modeling.modeling_pruned_qwen3_moe import experts_as
 
 
 class _SkippingLayer(nn.Module):
@@ -191,7 +192,8 @@ class PrunedQwen3ForCausalLM(_SlimLoading, Qwen3ForCausalLM):
 
 class PrunedQwen3MoeDecoderLayer(_SkippingLayer):
     """vLLM's Qwen3-MoE decoder layer without the blocks its config prunes (None where one is pruned):
-    a pruned MLP block is the layer's sparse MoE block (router and experts) or its dense MLP."""
+    a pruned MLP block is the layer's sparse MoE block (router and experts) or its dense MLP. A MoE
+    block has the layer's own expert count (`layer_num_experts`, when an expert cut left them unequal)."""
 
     def __init__(self, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -220,7 +222,8 @@ class PrunedQwen3MoeDecoderLayer(_SkippingLayer):
                 config.num_experts > 0 and (layer + 1) % config.decoder_sparse_step == 0
             )
             if sparse:
-                self.mlp = Qwen3MoeSparseMoeBlock(vllm_config=vllm_config, prefix=f"{prefix}.mlp")
+                with experts_as(config, config.experts_of(layer)):  # an expert cut may leave fewer here
+                    self.mlp = Qwen3MoeSparseMoeBlock(vllm_config=vllm_config, prefix=f"{prefix}.mlp")
             else:
                 self.mlp = Qwen3MoeMLP(
                     hidden_size=config.hidden_size,

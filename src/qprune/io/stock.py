@@ -46,16 +46,20 @@ def _renamed(name: str, new_index: dict[int, int]) -> str:
     return name if match is None else f"model.layers.{new_index[int(match.group(1))]}.{name[match.end() :]}"
 
 
-def stock_tensors(checkpoint, kept_layers: list[int], zero_blocks: Plan) -> list[TensorEntry]:
+def stock_tensors(
+    checkpoint, kept_layers: list[int], zero_blocks: Plan, config: dict | None = None
+) -> list[TensorEntry]:
     """The export's tensors in layer order: kept ones copied under new names, zero-filled blocks as zeros
-    (in the dtype the same tensor has in kept layers, else the embedding's)."""
+    (in the dtype the same tensor has in kept layers, else the embedding's), shaped as `config` (by
+    default the checkpoint's) says."""
+    config = checkpoint.config if config is None else config
     new_index = {old: new for new, old in enumerate(kept_layers)}
     dtypes: dict[str, str] = {}
     for name, entry in checkpoint.tensors.items():
         dtypes.setdefault(_LAYER_PREFIX.sub("", name), entry.dtype)
     default_dtype = checkpoint.tensors["model.embed_tokens.weight"].dtype
     entries = []
-    for name, shape in family_of(checkpoint.config).expected_tensors(checkpoint.config).items():
+    for name, shape in family_of(config).expected_tensors(config).items():
         match = _LAYER_PREFIX.match(name)
         if match is not None and int(match.group(1)) not in new_index:
             continue  # a removed layer

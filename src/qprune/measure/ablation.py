@@ -297,6 +297,20 @@ class BlockRunner(RecordingRunner):
             hidden = self.layers[i](hidden, *args, **kwargs)
         return self.model.model.norm(hidden)
 
+    def replay(self, path: _Path, layer: int) -> torch.Tensor:
+        """Final normed hidden states when layer `layer`'s MLP block and every layer after it are
+        replayed, as the model now computes them, on the residual stream that entered that block (an
+        expert masked in it: `measure.experts.expert_kl`)."""
+        hidden = path.states[(layer, "mlp")]
+        block = self.layers[layer]
+        if not block.prune_mlp:
+            out = block.mlp(block.post_attention_layernorm(hidden))
+            hidden = hidden + (out[0] if isinstance(out, tuple) else out)  # 4.x's MoE block adds router logits
+        for i in range(layer + 1, len(self.layers)):
+            args, kwargs = path.layer_calls[i]
+            hidden = self.layers[i](hidden, *args, **kwargs)
+        return self.model.model.norm(hidden)
+
     @torch.inference_mode()
     def evaluate(
         self, candidates: list[Block], progress=None, description: str = "ablations"

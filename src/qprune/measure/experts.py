@@ -1,9 +1,10 @@
 """Expert saliency of a Qwen3-MoE: how much each expert of each MoE layer matters on calibration data,
-and the uniform expert cut it suggests. It measures; `ops.auto.auto_prune` (given an `ExpertTarget`) writes the cut.
+and the expert cut it suggests. It measures; `ops.auto.auto_prune` (given an `ExpertTarget`) writes the cut.
 
     saliency = expert_saliency(model, batch)          # one pass over the batch, hooks on the MoE blocks
     saliency.scores["reap"][layer][e]                  # lower = safer to remove
     plan = saliency.plan(ratio=0.25, metric="reap")    # Plan(experts=...): the same count in every layer
+    plan = saliency.plan(0.25, "reap", "nonuniform")   # the same total, counts free per layer
 
 Two measures per expert, from one forward pass (each MoE block's routing is recomputed from its input
 exactly as the stock router computes it: softmax in float32 over the experts, top-k, renormalised when
@@ -11,6 +12,15 @@ exactly as the stock router computes it: softmax in float32 over the experts, to
 - `frequency`: the share of the tokens routed to it (of all top-k slots);
 - `reap`: REAP's saliency (Cerebras, "REAP the Experts", 2025): the mean over the tokens routed to it
   of its (normalised) gate weight times the L2 norm of its output. An expert never routed scores 0.
+
+And, with `kl=True`, a third that costs a replay per expert (`expert_kl`):
+- `kl`: the mean KL divergence of the model's next-token distribution from the dense model's when that
+  expert alone is masked (its router logit at -inf, so its tokens go to the next expert), replayed from
+  its layer's MLP block on the recorded residual stream (`measure.ablation.BlockRunner.replay`).
+
+A non-uniform cut (`allocation="nonuniform"`) removes the same total but lets the counts differ per
+layer: experts are ranked across layers by their score as a share of their layer's total (KL as it is:
+it is the same quantity in every layer), never leaving a layer fewer than the experts a token runs.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import torch.nn.functional as F
 
 from qprune.errors import QpruneError
 from qprune.measure.engine import engine_of
-from qprune.measure.goal import EXPERT_METRICS
+from qprune.measure.goal import EXPERT_ALLOCATIONS
 from qprune.plan import Plan
 
 _TOKENS_AT_ONCE = 2048  # tokens per forward: the routing bookkeeping adds little beyond the forward
@@ -37,23 +47,49 @@ class ExpertSaliency:
     tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
-    def plan(self, ratio: float, metric: str = "reap") -> Plan:
-        """Remove the `ratio` share of every MoE layer's experts with the lowest `metric` (rounded to
-        whole experts, at least one, and never below the experts each token runs)."""
-        if metric not in EXPERT_METRICS:
-            raise QpruneError(f"{{expert_metric}} {metric}: choose {' or '.join(EXPERT_METRICS)}")
+    def plan(self, ratio: float, metric: str = "reap", allocation: str = "uniform") -> Plan:
+        """Remove the `ratio` share of the experts with the lowest `metric`: of every MoE layer's
+        (`uniform`: rounded to whole experts, at least one), or of all of them with counts free per
+        layer (`nonuniform`). Never below the experts each token runs."""
+        if metric not in self.scores:
+            unmeasured = " (kl is measured only when asked: expert_saliency(kl=True))" if metric == "kl" else ""
+            raise QpruneError(f"{{expert_metric}} {metric}: choose {' or '.join(self.scores)}{unmeasured}")
         if not 0 < ratio < 1:
             raise QpruneError(f"{{expert_ratio}} must be between 0 and 1 (the share of experts removed), not {ratio}")
-        count = max(1, round(ratio * self.experts))
-        if self.experts - count < self.per_token:
-            raise QpruneError(
-                f"{{expert_ratio}} {ratio} would keep {self.experts - count} of {self.experts} experts, fewer than "
-                f"the {self.per_token} each token runs"
-            )
+        if allocation not in EXPERT_ALLOCATIONS:
+            raise QpruneError(f"{{expert_allocation}} {allocation}: choose {' or '.join(EXPERT_ALLOCATIONS)}")
+        layers = self.scores[metric]
+        counts = {layer: len(values) for layer, values in layers.items()}
+        if allocation == "uniform":
+            take = {layer: max(1, round(ratio * n)) for layer, n in counts.items()}
+        else:
+            take = self._nonuniform_counts(metric, max(1, round(ratio * sum(counts.values()))))
+        for layer, n in counts.items():
+            if n - take[layer] < self.per_token:
+                raise QpruneError(
+                    f"{{expert_ratio}} {ratio} would keep {n - take[layer]} of {n} experts in layer {layer}, fewer "
+                    f"than the {self.per_token} each token runs"
+                )
         removed = {}
+        for layer, values in layers.items():
+            removed[layer] = tuple(sorted(sorted(range(counts[layer]), key=lambda e: (values[e], e))[: take[layer]]))
+        return Plan(experts={layer: gone for layer, gone in removed.items() if gone})
+
+    def _nonuniform_counts(self, metric: str, total: int) -> dict[int, int]:
+        """How many experts each layer loses when the `total` lowest across layers go: scores as a share
+        of their layer's (KL as it is), each layer keeping at least `per_token`."""
+        ranked = []
         for layer, values in self.scores[metric].items():
-            removed[layer] = tuple(sorted(sorted(range(self.experts), key=lambda e: (values[e], e))[:count]))
-        return Plan(experts=removed)
+            scale = 1.0 if metric == "kl" else (sum(values) or 1.0)
+            ranked += [(value / scale, layer, e) for e, value in enumerate(values)]
+        take = dict.fromkeys(self.scores[metric], 0)
+        room = {layer: len(values) - self.per_token for layer, values in self.scores[metric].items()}
+        for _, layer, _ in sorted(ranked):
+            if sum(take.values()) == total:
+                break
+            if take[layer] < room[layer]:
+                take[layer] += 1
+        return take
 
     def to_dict(self) -> dict:
         return {
@@ -72,8 +108,8 @@ class ExpertSaliency:
         ]
         for layer, reap in self.scores["reap"].items():
             frequency = self.scores["frequency"][layer]
-            low = sorted(range(self.experts), key=lambda e: reap[e])[:3]
-            rare = sorted(range(self.experts), key=lambda e: frequency[e])[:3]
+            low = sorted(range(len(reap)), key=lambda e: reap[e])[:3]
+            rare = sorted(range(len(reap)), key=lambda e: frequency[e])[:3]
             lines.append(
                 f"{layer:>5}  {', '.join(f'{e}: {reap[e]:.3g}' for e in low):<44} "
                 f"{', '.join(f'{e}: {frequency[e]:.1%}' for e in rare):<36}"
@@ -106,21 +142,25 @@ def _activation(block: torch.nn.Module):
     return experts.act_fn if hasattr(experts, "act_fn") else experts[0].act_fn
 
 
-def expert_saliency(model, batch: torch.Tensor, progress=None) -> ExpertSaliency:
+def expert_saliency(model, batch: torch.Tensor, progress=None, kl: bool = False) -> ExpertSaliency:
     """Frequency and REAP saliency of every expert of every MoE layer the model runs, on `batch`
     ([samples, seq_len] token ids), from one forward pass: in memory, or layer by layer for a model
-    measured within `--max-memory` (the hooks fire while each layer's weights are resident)."""
+    measured within `--max-memory` (the hooks fire while each layer's weights are resident). With `kl`,
+    also each expert's `expert_kl` (in memory only)."""
     import time
 
     engine = engine_of(model)
     blocks = moe_blocks(engine.skeleton)
     if not blocks:
         raise QpruneError("the model has no MoE layer with experts to score (a dense Qwen3, or every MoE block pruned)")
+    if kl and not engine.whole:
+        raise QpruneError("{expert_metric} kl replays the model per expert in memory: drop {max_memory}, or use reap")
     config = engine.skeleton.config
-    experts, per_token = config.num_experts, config.num_experts_per_tok
+    per_token = config.num_experts_per_tok
     norm_topk = getattr(config, "norm_topk_prob", False)
-    routed = {i: torch.zeros(experts, dtype=torch.float64) for i in blocks}
-    reap = {i: torch.zeros(experts, dtype=torch.float64) for i in blocks}
+    counts = {i: block.gate.weight.shape[0] for i, block in blocks.items()}  # a cut may leave them unequal
+    routed = {i: torch.zeros(counts[i], dtype=torch.float64) for i in blocks}
+    reap = {i: torch.zeros(counts[i], dtype=torch.float64) for i in blocks}
 
     def hook(layer: int):
         def record(block, args, output) -> None:
@@ -158,7 +198,36 @@ def expert_saliency(model, batch: torch.Tensor, progress=None) -> ExpertSaliency
         "reap": {i: (reap[i] / routed[i].clamp(min=1)).tolist() for i in blocks},
         "frequency": {i: (routed[i] / (tokens * per_token)).tolist() for i in blocks},
     }
-    return ExpertSaliency(experts, per_token, scores, tokens, {"saliency": time.perf_counter() - start})
+    timings = {"saliency": time.perf_counter() - start}
+    if kl:
+        scores["kl"] = expert_kl(model, batch, progress)
+        timings["kl"] = time.perf_counter() - start - timings["saliency"]
+    return ExpertSaliency(max(counts.values()), per_token, scores, tokens, timings)
+
+
+def expert_kl(model, batch: torch.Tensor, progress=None) -> dict[int, list[float]]:
+    """{MoE layer: per expert, the mean KL(dense || model) per predicted token with that expert alone
+    masked}. One forward records the residual stream; each expert then costs a replay from its layer's
+    MLP block (a model loaded by qprune, in memory)."""
+    from qprune.measure.ablation import BlockRunner, TokenStats, reference_logprobs, token_stats
+    from qprune.measure.verify import mask_experts
+
+    blocks = moe_blocks(model)
+    stats = {layer: [TokenStats() for _ in range(block.gate.weight.shape[0])] for layer, block in blocks.items()}
+    with BlockRunner(model, batch, kl=True) as runner, torch.inference_mode():
+        work = [(path, layer) for path in runner.paths for layer in blocks]
+        for path, layer in progress(work, "expert KL (micro-batches x MoE layers)") if progress else work:
+            reference = reference_logprobs(model, path.reference)
+            for e, total in enumerate(stats[layer]):
+                unmask = mask_experts(model, {layer: (e,)})
+                try:
+                    total += token_stats(model, runner.replay(path, layer), path.input_ids, reference)
+                finally:
+                    unmask()
+    return {layer: [s.mean_kl for s in totals] for layer, totals in stats.items()}
+
+
+_PANELS = (("frequency", "routing frequency"), ("reap", "REAP saliency"), ("kl", "KL when masked alone"))
 
 
 def write_expert_heatmap(saliency: ExpertSaliency, path: Path, title: str) -> bool:
@@ -172,15 +241,16 @@ def write_expert_heatmap(saliency: ExpertSaliency, path: Path, title: str) -> bo
     except ImportError:
         return False
     layers = list(saliency.scores["reap"])
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 0.25 * saliency.experts * 2, 1.2 + 0.25 * len(layers)), squeeze=False)
-    for ax, (metric, label) in zip(
-        axes[0], (("frequency", "routing frequency"), ("reap", "REAP saliency")), strict=True
-    ):
+    panels = [(m, label) for m, label in _PANELS if m in saliency.scores]
+    size = (2 + 0.25 * saliency.experts * len(panels), 1.2 + 0.25 * len(layers))
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
         grid = []
         for layer in layers:
             values = saliency.scores[metric][layer]
-            order = sorted(range(saliency.experts), key=lambda e: values[e])
-            grid.append([order.index(e) for e in range(saliency.experts)])
+            order = sorted(range(len(values)), key=lambda e: values[e])
+            padding = [float("nan")] * (saliency.experts - len(values))  # a layer with fewer experts (uneven cut)
+            grid.append([order.index(e) for e in range(len(values))] + padding)
         ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
         ax.set(title=f"{label} (rank in its layer; dark = first to go)", xlabel="expert", ylabel="MoE layer")
         ax.set_yticks(range(len(layers)), [str(i) for i in layers])

@@ -68,13 +68,15 @@ class Target:
         return {"blocks": self.blocks} if self.blocks is not None else {"param_ratio": self.param_ratio}
 
 
-EXPERT_METRICS = ("reap", "frequency")
+EXPERT_METRICS = ("reap", "frequency", "kl")
+EXPERT_ALLOCATIONS = ("uniform", "nonuniform")
 
 
 @dataclass(frozen=True)
 class ExpertTarget:
-    """Remove the `expert_ratio` share of every MoE layer's experts, those lowest by `expert_metric`
-    (`measure.experts`): a uniform cut, written as a stock Qwen3-MoE."""
+    """Remove the `expert_ratio` share of the experts, those lowest by `expert_metric`
+    (`measure.experts`): of every MoE layer (a uniform cut, written as a stock Qwen3-MoE), or with
+    `expert_allocation="nonuniform"` of all layers together, counts free per layer (qprune's format)."""
 
     expert_ratio: float | None = setting(
         None,
@@ -82,12 +84,24 @@ class ExpertTarget:
         metavar="SHARE",
     )
     expert_metric: str = setting(
-        "reap", "With --expert-ratio: rank experts by reap (REAP's saliency) or frequency.", metavar="reap|frequency"
+        "reap",
+        "With --expert-ratio: rank experts by reap (REAP's saliency), frequency, or kl (the KL divergence when "
+        "each is masked alone: a replay per expert, in memory).",
+        metavar="reap|frequency|kl",
+    )
+    expert_allocation: str = setting(
+        "uniform",
+        "With --expert-ratio: uniform (the same share of every MoE layer: a stock Qwen3-MoE) or nonuniform "
+        "(the same total, fewest where they matter least: qprune's format).",
+        metavar="uniform|nonuniform",
     )
 
     def __post_init__(self) -> None:
         if self.expert_metric not in EXPERT_METRICS:
             raise QpruneError(f"{{expert_metric}} {self.expert_metric}: choose {' or '.join(EXPERT_METRICS)}")
+        if self.expert_allocation not in EXPERT_ALLOCATIONS:
+            choices = " or ".join(EXPERT_ALLOCATIONS)
+            raise QpruneError(f"{{expert_allocation}} {self.expert_allocation}: choose {choices}")
         if self.expert_ratio is not None and not 0 < self.expert_ratio < 1:
             raise QpruneError(
                 f"{{expert_ratio}} must be between 0 and 1 (the share of experts removed), not {self.expert_ratio}"

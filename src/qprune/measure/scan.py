@@ -332,10 +332,12 @@ def run_scan(
     whole_layers: bool = False,
     max_memory: int | None = None,
     experts: bool = False,
+    expert_kl: bool = False,
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png. With
     `max_memory` (bytes), a model that does not fit is scanned layer by layer within it. With `experts`,
-    every expert of a Qwen3-MoE is scored too (`measure.experts`; the model must fit in memory)."""
+    every expert of a Qwen3-MoE is scored too (`measure.experts`), and with `expert_kl` also by the KL
+    when masked alone (a replay per expert, in memory)."""
     from qprune.io.source import open_checkpoint
     from qprune.measure.data import load_for_measurement
     from qprune.progress import as_progress
@@ -350,9 +352,9 @@ def run_scan(
     progress.note(f"scanning {2 * model.config.num_hidden_layers} blocks")
     result = scan_blocks(model, batch, progress=progress, whole_layers=whole_layers)
     saliency = None
-    if experts:
-        progress.note("scoring every expert (frequency, REAP)")
-        saliency = expert_saliency(model, batch)
+    if experts or expert_kl:
+        progress.note("scoring every expert (frequency, REAP" + (", KL when masked)" if expert_kl else ")"))
+        saliency = expert_saliency(model, batch, progress, kl=expert_kl)
         result.timings["experts"] = saliency.timings["saliency"]
     result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start

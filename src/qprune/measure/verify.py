@@ -96,21 +96,22 @@ def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Ch
     return Check("keys", f"{len(actual)} tensors = {source}", True)
 
 
-def mask_experts(model, experts: dict[int, tuple[int, ...]]) -> None:
+def mask_experts(model, experts: dict[int, tuple[int, ...]]):
     """Set the router logits of `experts` ({layer: indices}) to -inf in a stock Qwen3-MoE: the oracle of
     an expert cut. transformers 4.57's router is a Linear whose logits the block routes by (a hook adds
     the mask to them); 5.x's router routes inside its own forward, which is replaced here by the same
     computation with the mask added to the logits (`tests/test_experts.py` checks that, with nothing
-    masked, it equals the stock router exactly)."""
+    masked, it equals the stock router exactly). Returns a function that takes the masks off again."""
     import torch
     import torch.nn.functional as F
 
+    undo = []
     for layer, removed in experts.items():
         gate = model.model.layers[layer].mlp.gate
         mask = torch.zeros(gate.weight.shape[0], dtype=gate.weight.dtype, device=gate.weight.device)
         mask[list(removed)] = float("-inf")
         if isinstance(gate, torch.nn.Linear):
-            gate.register_forward_hook(lambda module, args, logits, mask=mask: logits + mask)
+            undo.append(gate.register_forward_hook(lambda module, args, logits, mask=mask: logits + mask).remove)
             continue
 
         def forward(hidden_states, router=gate, mask=mask):
@@ -123,6 +124,13 @@ def mask_experts(model, experts: dict[int, tuple[int, ...]]) -> None:
             return logits, top_value.to(logits.dtype), top_index
 
         gate.forward = forward
+        undo.append(lambda router=gate: delattr(router, "forward"))  # the class's forward again
+
+    def unmask() -> None:
+        for step in undo:
+            step()
+
+    return unmask
 
 
 def _oracle(base_checkpoint: Checkpoint, plan: Plan, quantize: str | None = None, experts: dict | None = None):
@@ -169,7 +177,9 @@ def self_oracle(checkpoint: str | Path | Checkpoint):
     every tensor of a pruned block zero-filled: the oracle for any checkpoint, healed ones included
     (whose weights no longer equal the base's), and for checkpoints verified without `--base`. It is
     loaded by transformers from a temporary stock checkpoint, so each version converts the tensors
-    its own way (5.x fuses MoE experts)."""
+    its own way (5.x fuses MoE experts). A Qwen3-MoE with fewer experts in some layers than others
+    (`layer_num_experts`) is held with the largest count everywhere: a layer's extra experts are zeros
+    whose router logits are -inf, which is what lacking them computes."""
     import tempfile
 
     import torch
@@ -178,13 +188,62 @@ def self_oracle(checkpoint: str | Path | Checkpoint):
     from qprune.io.stock import stock_config, stock_tensors
 
     checkpoint = open_checkpoint(checkpoint)
-    layers = list(range(checkpoint.config["num_hidden_layers"]))
-    _, stock_class = family_of(checkpoint.config).stock_classes()
+    config, plan = checkpoint.config, checkpoint.plan
+    layers = list(range(config["num_hidden_layers"]))
+    short = _short_layers(config, plan)
+    if short:
+        from qprune.arch.qwen3_moe import LAYER_EXPERTS
+
+        config = {k: v for k, v in config.items() if k != LAYER_EXPERTS}
+    entries = stock_tensors(checkpoint, layers, plan, config)
+    if short:
+        entries = _with_absent_experts(entries, config, short)
+    _, stock_class = family_of(config).stock_classes()
     with tempfile.TemporaryDirectory(prefix="qprune-oracle-") as tmp:
-        write_shards(stock_tensors(checkpoint, layers, checkpoint.plan), Path(tmp), max_shard_size=2**62)
-        (Path(tmp) / "config.json").write_text(json.dumps(stock_config(checkpoint.config, layers)))
+        write_shards(entries, Path(tmp), max_shard_size=2**62)
+        (Path(tmp) / "config.json").write_text(json.dumps(stock_config(config, layers)))
         oracle = stock_class.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True)
+    if short:
+        from safetensors import safe_open
+
+        with torch.no_grad():
+            for layer, count in short.items():
+                name = f"model.layers.{layer}.mlp.gate.weight"
+                with safe_open(checkpoint.tensors[name].file, "pt") as f:
+                    oracle.model.layers[layer].mlp.gate.weight[:count] = f.get_tensor(name)
+        mask_experts(oracle, {layer: tuple(range(count, oracle.config.num_experts)) for layer, count in short.items()})
     return oracle.eval()
+
+
+def _short_layers(config: dict, plan: Plan) -> dict[int, int]:
+    """{MoE layer that runs: its experts} for the layers with fewer than `num_experts` (a cut that is
+    not uniform)."""
+    from qprune.arch.qwen3_moe import LAYER_EXPERTS, num_experts
+
+    if family_of(config).model_type != "qwen3_moe" or not config.get(LAYER_EXPERTS):
+        return {}
+    from qprune.io.experts import kept_counts
+
+    return {layer: n for layer, n in kept_counts(config, plan).items() if n < num_experts(config)}
+
+
+def _with_absent_experts(entries: list, config: dict, short: dict[int, int]) -> list:
+    """The stock tensors with every layer at `num_experts`: the experts a short layer lacks as zeros,
+    and its router as zeros (its own rows are copied in once loaded)."""
+    from qprune.io.safetensors import TensorEntry
+
+    by_name = {entry.name: entry for entry in entries}
+    dtype = by_name["model.embed_tokens.weight"].dtype
+    out = []
+    for name, shape in family_of(config).expected_tensors(config).items():
+        layer = family_of(config).tensor_block(name)
+        if layer is not None and layer[0] in short and ".mlp." in name and name not in by_name:
+            out.append(TensorEntry.zeros(name, dtype, shape))  # an absent expert
+        elif name.endswith("mlp.gate.weight") and layer[0] in short:
+            out.append(TensorEntry.zeros(name, by_name[name].dtype, shape))
+        elif name in by_name:
+            out.append(by_name[name])
+    return out
 
 
 def quantized_tolerance(device_type: str) -> float:

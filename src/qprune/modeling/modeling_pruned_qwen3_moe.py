@@ -3,8 +3,10 @@
 As `modeling_pruned_qwen3.py`, for `Qwen3MoeForCausalLM`: the module tree is stock, a pruned block is
 skipped by a flag and holds no parameters. A pruned MLP block is the layer's whole feed-forward block:
 the sparse MoE block (router `mlp.gate` and every expert) or the dense MLP of an `mlp_only_layers`
-layer. A skipped MoE block routes nothing, so it adds no router logits: with `output_router_logits`
-the load-balancing loss is taken over the MoE blocks that run (and is zero when none does).
+layer. Each MoE block has `config.experts_of(layer)` experts (fewer in some layers after an expert cut
+that is not uniform; `num_experts` is the largest). A skipped MoE block routes nothing, so it adds no
+router logits: with `output_router_logits` the load-balancing loss is taken over the MoE blocks that
+run (and is zero when none does); it needs one expert count in every MoE block that runs.
 
 transformers 5.x holds experts fused as 3-D parameters and converts the per-expert tensors of a
 checkpoint (`mlp.experts.{e}.gate_proj.weight`, ...) on load and save; it applies that conversion
@@ -16,6 +18,7 @@ This file is copied into every pruned checkpoint and must import nothing but tor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from torch import nn
@@ -58,8 +61,21 @@ class PrunedQwen3MoeDecoderLayer(PrunableLayerMixin, Qwen3MoeDecoderLayer):
     """A full `Qwen3MoeDecoderLayer` whose attention and MLP blocks can each be skipped."""
 
     def __init__(self, config: PrunedQwen3MoeConfig, layer_idx: int) -> None:
-        super().__init__(config, layer_idx)
+        with experts_as(config, config.experts_of(layer_idx)):
+            super().__init__(config, layer_idx)
         self.init_pruning(config, layer_idx)
+
+
+@contextlib.contextmanager
+def experts_as(config, count: int):
+    """`config.num_experts` reads `count` while a layer is built: stock modules size their router and
+    experts from it at construction (and keep their own count), in transformers 4.x, 5.x and vLLM."""
+    saved = config.num_experts
+    config.num_experts = count if count else saved
+    try:
+        yield
+    finally:
+        config.num_experts = saved
 
 
 class PrunedQwen3MoePreTrainedModel(PrunedInitMixin, Qwen3MoePreTrainedModel):
@@ -101,6 +117,13 @@ class PrunedQwen3MoeForCausalLM(SafeLoadingMixin, PrunedQwen3MoePreTrainedModel,
     def forward(self, *args, output_router_logits: bool | None = None, **kwargs):
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
+        if output_router_logits and self.config.layer_num_experts:
+            counts = {self.config.experts_of(i) for i, layer in enumerate(self.model.layers) if _routes(layer)}
+            if len(counts) > 1:
+                raise ValueError(
+                    "output_router_logits: the load-balancing loss of transformers needs the same expert count "
+                    f"in every MoE layer, this model has {sorted(counts)}; set output_router_logits=False"
+                )
         if output_router_logits and not any(_routes(layer) for layer in self.model.layers):
             # No MoE block runs, so there are no router logits to balance; stock code would index an
             # empty tuple. The loss is then the language-model loss alone (aux_loss None).

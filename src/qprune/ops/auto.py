@@ -51,7 +51,7 @@ def auto_prune(
       report in the output. With `max_memory` (bytes), a model that does not fit is searched layer by
       layer within it (the same plan). Returns (PruneResult, SearchResult).
     - An `ExpertTarget` (a Qwen3-MoE's experts): score every expert (`measure.experts`) and write the
-      uniform cut as a stock Qwen3-MoE. Returns (PruneResult, ExpertSaliency)."""
+      cut (uniform: a stock Qwen3-MoE). Returns (PruneResult, ExpertSaliency)."""
     from qprune.measure.data import load_for_measurement
 
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
@@ -65,7 +65,7 @@ def auto_prune(
     model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
     if experts:
         found, report = _score_experts(model, batch, target, progress), None
-        plan = found.plan(target.expert_ratio, target.expert_metric)
+        plan = found.plan(target.expert_ratio, target.expert_metric, target.expert_allocation)
     else:
         found = _search_blocks(model, batch, target, method, metric, constraints, progress)
         plan, report = found.plan, found.report(checkpoint.name, spec.describe(), dtype)
@@ -98,5 +98,6 @@ def _score_experts(model, batch, target: ExpertTarget, progress) -> ExpertSalien
     from qprune.measure.experts import expert_saliency
 
     share = f"{target.expert_ratio:.0%}"
-    progress.note(f"scoring experts ({target.expert_metric}) to remove {share} of each MoE layer's")
-    return expert_saliency(model, batch)
+    where = "of each MoE layer's" if target.expert_allocation == "uniform" else "of all, counts free per layer"
+    progress.note(f"scoring experts ({target.expert_metric}) to remove {share} {where}")
+    return expert_saliency(model, batch, progress, kl=target.expert_metric == "kl")

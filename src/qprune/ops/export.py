@@ -29,6 +29,7 @@ from pathlib import Path
 from qprune.arch import family_of
 from qprune.cost import Shape, ideal_speedups, kept_blocks
 from qprune.errors import QpruneError
+from qprune.io.experts import as_uniform
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
@@ -88,13 +89,14 @@ def export(
         raise QpruneError(f"{source} holds pre-quantized weights; export the unquantized checkpoint")
     if config.get("use_sliding_window"):
         raise QpruneError(f"{source} is a sliding-window {family.title}; exporting it is not supported")
+    config = as_uniform(config, source)  # a non-uniform expert cut has no stock form: one line says so
     plan, num_layers = checkpoint.plan, config["num_hidden_layers"]
     removed = tuple(sorted(set(plan.attn) & set(plan.mlp)))
     if len(removed) == num_layers:
         raise QpruneError(f"{source} prunes every block of every layer; a {family.title} needs at least one layer")
     kept_layers = [i for i in range(num_layers) if i not in removed]
     zero_blocks = Plan(tuple(set(plan.attn) - set(removed)), tuple(set(plan.mlp) - set(removed)))
-    entries = stock_tensors(checkpoint, kept_layers, zero_blocks)
+    entries = stock_tensors(checkpoint, kept_layers, zero_blocks, config)
     inherited, _ = inherited_files(checkpoint.dir, checkpoint.files)
     whole = Plan(removed, removed)
     result = ExportResult(

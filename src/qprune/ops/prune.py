@@ -21,7 +21,7 @@ from pathlib import Path
 
 from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
-from qprune.io.experts import check_experts, expert_fields, expert_tensors
+from qprune.io.experts import check_experts, cut_config, expert_tensors, is_uniform
 from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
@@ -61,6 +61,7 @@ class PruneResult:
     bytes_after: int
     left_out: tuple[str, ...] = ()  # files of the source that do not belong in a model directory
     model_type: str = "qwen3"  # the stock family's
+    stock: bool = False  # written as a stock checkpoint (a uniform expert cut and no block pruned)
 
     def summary(self) -> str:
         return summary(self)
@@ -188,6 +189,7 @@ def prune(
         kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
     inherited, left_out = inherited_files(src_dir, shards)
+    stock = bool(plan.experts) and not total.num_blocks and is_uniform(config, plan)
 
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)
@@ -203,14 +205,15 @@ def prune(
         bytes_after,
         tuple(left_out),
         family_of(config).model_type,
+        stock,
     )
     base_model = portable_name(config.get("qprune_base_model", source_checkpoint.name))
     base_path = base_location(config, source_checkpoint.name)
     tokenizer_settings = tokenizer_config(source_checkpoint)
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
-        source_config = config | expert_fields(config, plan) if plan.experts else config
-        if plan.experts and not total.num_blocks:  # a stock Qwen3-MoE: no plan fields, no modeling code
+        source_config = cut_config(config, plan) if plan.experts else config
+        if stock:  # a stock Qwen3-MoE: no plan fields, no modeling code
             all_layers = list(range(num_layers))
             base_fields = {"qprune_base_model": base_model} | ({"qprune_base_path": base_path} if base_path else {})
             new_config = stock_config(source_config, all_layers) | base_fields  # where heal finds its teacher
@@ -227,7 +230,6 @@ def prune(
             (tmp / "tokenizer_config.json").write_text(tokenizer_settings)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
-        stock = plan.experts and not total.num_blocks
         card = expert_card(result, base_model) if stock else model_card(result, base_model, search)
         (tmp / "README.md").write_text(card)
     return result
@@ -244,12 +246,8 @@ def summary(result: PruneResult) -> str:
     blocks = 2 * result.num_layers
     head = []
     if result.added.experts:
-        removed = result.added.removed_experts
-        kind = f"a stock {family_of({'model_type': result.model_type}).title}" if not result.plan.num_blocks else ""
-        head.append(
-            f"removed {len(next(iter(removed.values())))} experts from each of {len(removed)} MoE layers "
-            f"-> {result.out}" + (f" ({kind})" if kind else "")
-        )
+        kind = f"a stock {family_of({'model_type': result.model_type}).title}" if result.stock else ""
+        head.append(f"removed {removed_text(result.added)} -> {result.out}" + (f" ({kind})" if kind else ""))
     if result.added.num_blocks or not result.added.experts:
         head.append(
             f"pruned {result.added.num_blocks} blocks ({Plan(result.added.attn, result.added.mlp)}) -> {result.out}"
@@ -282,7 +280,7 @@ tags: [qprune, pruned, {model_type}]
 the residual stream carries the signal past it, exactly as if its output projection were zero.
 
 - Attention blocks pruned (layers): {attn}
-- MLP blocks pruned (layers): {mlp}
+- MLP blocks pruned (layers): {mlp}{experts}
 
 | | before | after | change |
 |---|---|---|---|
@@ -356,6 +354,14 @@ def _card_fields(result: PruneResult, base_model: str) -> dict[str, object]:
     )
 
 
+def removed_text(plan: Plan) -> str:
+    """'4 experts from each of 6 MoE layers', or '20 experts from 6 MoE layers (2 to 5 per layer)'."""
+    counts = [len(experts) for experts in plan.removed_experts.values()]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} experts from each of {len(counts)} MoE layers"
+    return f"{sum(counts)} experts from {len(counts)} MoE layers ({min(counts)} to {max(counts)} per layer)"
+
+
 def expert_card(result: PruneResult, base_model: str) -> str:
     removed = result.added.removed_experts
     count, layers = len(next(iter(removed.values()))), len(removed)
@@ -368,5 +374,8 @@ def model_card(result: PruneResult, base_model: str, search: SearchReport | None
         blocks=2 * result.num_layers,
         attn=format_layers(result.plan.attn),
         mlp=format_layers(result.plan.mlp),
+        experts=f"\n- Experts removed: {removed_text(result.added)} (`qprune_pruned_experts` in config.json)"
+        if result.added.experts
+        else "",
         **_card_fields(result, base_model),
     ) + ("\n" + report.search_section(search) if search else "")
