@@ -17,6 +17,7 @@ checkpoint `prune` writes (tests/test_experts.py). Random: the mean over 3 seeds
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import time
@@ -26,9 +27,16 @@ import torch
 from transformers import AutoTokenizer, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 import qprune
+from qprune.arch import family_of
+from qprune.cost import Shape, block_parameters
 from qprune.measure.data import DataSpec, load_token_batches
 from qprune.measure.experts import expert_saliency
+from qprune.measure.goal import Target
+from qprune.measure.joint import expert_size, joint_plan
+from qprune.measure.scan import scan_blocks
+from qprune.measure.search import search
 from qprune.measure.verify import mask_experts
+from qprune.plan import Plan
 from qprune.shipped import CALIBRATION_TEXT, EMBEDDED_MODEL, HELDOUT_TEXT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +80,7 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=ROOT.parent / "shared/corpus/python-docs-train.txt")
     parser.add_argument("--out", type=Path, default=Path("/tmp/qprune-bench-moe"))
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--only", choices=["joint"], help="only the table of blocks and experts under one budget")
     args = parser.parse_args()
     if not (args.out / "config.json").exists():
         print(f"training a {EXPERTS}-expert Qwen3-MoE on {args.train} for {args.steps} steps", flush=True)
@@ -80,8 +89,17 @@ def main() -> None:
     calibration = load_token_batches(DataSpec(str(CALIBRATION_TEXT), samples=32, seq_len=SEQ_LEN), tokenizer)
     heldout = load_token_batches(DataSpec(str(HELDOUT_TEXT), samples=None, seq_len=SEQ_LEN), tokenizer)
 
-    def perplexity(removed: dict[int, tuple[int, ...]]) -> float:
+    def perplexity(removed: dict[int, tuple[int, ...]], blocks: Plan = Plan()) -> float:
+        """Stock transformers with the removed experts masked and the removed blocks' output projections
+        zeroed: exactly what the checkpoint `prune` writes computes (tests/test_experts*.py)."""
         model = Qwen3MoeForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
+        family = family_of(model.config.to_dict())
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                block = family.tensor_block(name)
+                if block is not None and block[0] in (blocks.attn if block[1] == "attn" else blocks.mlp):
+                    if family.is_output_projection(name, block[1]):
+                        parameter.zero_()
         mask_experts(model, removed)
         total, count = 0.0, 0
         with torch.no_grad():
@@ -91,9 +109,15 @@ def main() -> None:
         return math.exp(total / count)
 
     saliency = expert_saliency(qprune.load(args.out, dtype=torch.float32), calibration, kl=True)
+    if args.only != "joint":
+        experts_table(saliency, perplexity)
+    joint_table(args.out, saliency, calibration, perplexity)
+
+
+def experts_table(saliency, perplexity) -> None:
     layers = list(saliency.scores["reap"])
     took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in saliency.timings.items())
-    print(f"\nheld-out: {heldout.shape[0]} x {SEQ_LEN} tokens; calibration {calibration.shape[0]} x {SEQ_LEN}")
+    print(f"\ncalibration {saliency.tokens} tokens; held-out: every {SEQ_LEN}-token window")
     print(f"dense held-out perplexity: {perplexity({}):.3f}  (scoring took: {took})\n")
     metrics = ("reap", "frequency", "kl")
     print(
@@ -114,7 +138,34 @@ def main() -> None:
             randoms.append(perplexity({layer: tuple(sorted(rng.sample(range(EXPERTS), count))) for layer in layers}))
         uneven = saliency.plan(ratio, "kl", "nonuniform").removed_experts
         counts = "/".join(str(len(uneven.get(layer, ()))) for layer in layers)
-        print(f"| {count} of {EXPERTS} per layer ({ratio:.0%}) | {' | '.join(cells)} | {sum(randoms) / 3:.3f} | {counts} |")
+        random_mean = sum(randoms) / 3
+        print(f"| {count} of {EXPERTS} per layer ({ratio:.0%}) | {' | '.join(cells)} | {random_mean:.3f} | {counts} |")
+
+
+def joint_table(path: Path, saliency, calibration: torch.Tensor, perplexity) -> None:
+    """At the decoder-parameter share a uniform REAP cut removes: experts only, blocks only (qprune's
+    greedy KL search) and the joint ranking (blocks and experts by KL per parameter)."""
+    config = json.loads((path / "config.json").read_text())
+    shape = Shape.from_config(config)
+    decoder = sum(sum(block_parameters(shape, i).values()) for i in range(shape.layers))
+    scan = scan_blocks(qprune.load(path, dtype=torch.float32), calibration)
+    block_kl = {block: scores["kl"] for block, scores in scan.scores.items()}
+    print("\n| decoder parameters removed | experts only (REAP, uniform) | blocks only (greedy search, KL) "
+          "| joint (KL per parameter) | joint plan |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for ratio in (0.25, 0.5):
+        experts = saliency.plan(ratio, "reap")
+        share = sum(len(gone) for gone in experts.removed_experts.values()) * expert_size(shape) / decoder
+        joint = joint_plan(config, block_kl, saliency.scores["kl"], share)
+        model = qprune.load(path, dtype=torch.float32)
+        blocks = search(model, calibration, Target(param_ratio=share), "greedy", "kl").plan
+        described = f"blocks {Plan(joint.attn, joint.mlp)}; experts " + "/".join(
+            str(len(joint.removed_experts.get(layer, ()))) for layer in saliency.scores["kl"]
+        )
+        print(
+            f"| {share:.1%} | {perplexity(experts.removed_experts):.3f} | {perplexity({}, blocks):.3f} ({blocks}) "
+            f"| {perplexity(joint.removed_experts, joint):.3f} | {described} |"
+        )
 
 
 if __name__ == "__main__":

@@ -186,3 +186,53 @@ def test_prune_auto_nonuniform_writes_uneven_counts_that_verify(moe, tmp_path):
     assert cli("verify", tmp_path / "cut", "--base", base, "-q").exit_code == 0
     bad = cli("prune", base, tmp_path / "bad", "--auto", "--expert-ratio", "0.25", "--expert-allocation", "even")
     assert_one_line_error(bad, "--expert-allocation even: choose uniform or nonuniform")
+
+
+def test_joint_plan_ranks_blocks_and_experts_by_kl_per_parameter():
+    """A cheap expert goes before a costly block; a MoE block taken whole absorbs its layer's experts;
+    the budget is never exceeded; a layer keeps the experts a token runs."""
+    from conftest import tiny_moe_config
+
+    from qprune.cost import Shape, block_parameters
+    from qprune.measure.joint import expert_size, joint_plan
+
+    config = tiny_moe_config(False, num_experts=EXPERTS).to_dict()
+    shape = Shape.from_config(config)
+    sizes = {(i, k): n for i in range(shape.layers) for k, n in block_parameters(shape, i).items()}
+    total = sum(sizes.values())
+    block_kl = {block: 1.0 for block in sizes}
+    block_kl[(1, "mlp")] = 1e-9  # layer 1's MoE block matters least of all, per parameter
+    expert_kl = {layer: [0.001 * (e + 1) for e in range(EXPERTS)] for layer in SPARSE}
+    ratio = (sizes[(1, "mlp")] + 3 * expert_size(shape)) / total
+    plan = joint_plan(config, block_kl, expert_kl, ratio)
+    assert plan.mlp == (1,) and plan.attn == () and 1 not in plan.removed_experts
+    assert sum(len(v) for v in plan.removed_experts.values()) == 3
+    assert all(gone[0] == 0 for gone in plan.removed_experts.values())  # each layer's lowest first
+    removed = sizes[(1, "mlp")] + 3 * expert_size(shape)
+    assert removed <= ratio * total
+    everything = joint_plan(config, block_kl | {(1, "mlp"): 1.0}, expert_kl, 0.9)
+    assert all(EXPERTS - len(gone) >= 2 for gone in everything.removed_experts.values())
+
+
+def test_prune_auto_joint_writes_blocks_and_experts_within_the_budget(tmp_path):
+    from conftest import with_embedded_tokenizer
+
+    from qprune.cost import Shape, parameter_count
+
+    base = with_embedded_tokenizer(save_tiny_moe(tmp_path / "base", num_experts=EXPERTS, vocab=4096))
+    args = ("--auto", "--param-ratio", "0.3", "--expert-allocation", "joint", "--samples", "4", "--seq-len", "32")
+    result = cli("prune", base, tmp_path / "cut", *args, "--dtype", "float32", "-q")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    dense, cut = (Shape.from_config(json.loads((p / "config.json").read_text())) for p in (base, tmp_path / "cut"))
+    plan = Plan.from_config(config)
+    embeddings = dense.vocab * dense.hidden * (1 if dense.tied else 2) + dense.hidden
+    decoder = parameter_count(dense, Plan()) - embeddings
+    assert 0 < parameter_count(dense, Plan()) - parameter_count(cut, plan) <= 0.3 * decoder
+    assert cli("verify", tmp_path / "cut", "--base", base, "-q").exit_code == 0
+    for bad, message in (
+        (("--param-ratio", "0.3", "--expert-allocation", "nonuniform"), "goes with --expert-ratio"),
+        (("--expert-ratio", "0.3", "--expert-allocation", "joint"), "joint takes --param-ratio"),
+        (("--blocks", "2", "--expert-allocation", "joint"), "joint takes --param-ratio, not --blocks"),
+    ):
+        assert_one_line_error(cli("prune", base, tmp_path / "bad", "--auto", *bad), message)

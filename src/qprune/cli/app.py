@@ -190,11 +190,17 @@ def prune(
             raise QpruneError("give either --auto or --attn/--mlp/--plan, not both")
         from qprune.ops.auto import auto_prune
 
+        joint = expert_allocation == "joint"
         if expert_ratio is not None and (blocks is not None or param_ratio is not None or whole_layers):
             raise QpruneError(
-                "--expert-ratio removes experts only: it takes no --blocks, --param-ratio or --whole-layers (yet)"
+                "--expert-ratio removes experts only: it takes no --blocks, --param-ratio or --whole-layers "
+                "(for blocks and experts under one budget: --param-ratio R --expert-allocation joint)"
             )
-        target = settings_from(ExpertTarget if expert_ratio is not None else Target, values)
+        if expert_allocation == "nonuniform" and expert_ratio is None:
+            raise QpruneError("--expert-allocation nonuniform goes with --expert-ratio (the share of experts removed)")
+        if joint and (blocks is not None or whole_layers):
+            raise QpruneError("--expert-allocation joint takes --param-ratio, not --blocks or --whole-layers")
+        target = settings_from(ExpertTarget if expert_ratio is not None or joint else Target, values)
         result, found = auto_prune(
             src,
             out,

@@ -69,14 +69,17 @@ class Target:
 
 
 EXPERT_METRICS = ("reap", "frequency", "kl")
-EXPERT_ALLOCATIONS = ("uniform", "nonuniform")
+EXPERT_ALLOCATIONS = ("uniform", "nonuniform", "joint")
 
 
 @dataclass(frozen=True)
 class ExpertTarget:
     """Remove the `expert_ratio` share of the experts, those lowest by `expert_metric`
     (`measure.experts`): of every MoE layer (a uniform cut, written as a stock Qwen3-MoE), or with
-    `expert_allocation="nonuniform"` of all layers together, counts free per layer (qprune's format)."""
+    `expert_allocation="nonuniform"` of all layers together, counts free per layer (qprune's format).
+    Or, with `expert_allocation="joint"`, blocks and experts together within `param_ratio` of the
+    decoder's parameters, all ranked by the KL when each is removed alone, per parameter
+    (`measure.joint`)."""
 
     expert_ratio: float | None = setting(
         None,
@@ -92,9 +95,11 @@ class ExpertTarget:
     expert_allocation: str = setting(
         "uniform",
         "With --expert-ratio: uniform (the same share of every MoE layer: a stock Qwen3-MoE) or nonuniform "
-        "(the same total, fewest where they matter least: qprune's format).",
-        metavar="uniform|nonuniform",
+        "(the same total, fewest where they matter least). With --param-ratio: joint (attention blocks, MoE "
+        "blocks and single experts against one budget, by KL per parameter).",
+        metavar="uniform|nonuniform|joint",
     )
+    param_ratio: float | None = None  # joint only: `Target.param_ratio` (the command line's --param-ratio)
 
     def __post_init__(self) -> None:
         if self.expert_metric not in EXPERT_METRICS:
@@ -106,3 +111,15 @@ class ExpertTarget:
             raise QpruneError(
                 f"{{expert_ratio}} must be between 0 and 1 (the share of experts removed), not {self.expert_ratio}"
             )
+        if self.joint and (self.param_ratio is None or self.expert_ratio is not None):
+            raise QpruneError(
+                "{expert_allocation} joint takes {param_ratio} (one budget for blocks and experts), not {expert_ratio}"
+            )
+        if not self.joint and self.param_ratio is not None:
+            raise QpruneError("{param_ratio} with experts: add {expert_allocation} joint, or give {expert_ratio} alone")
+        if self.param_ratio is not None and not 0 < self.param_ratio < 1:
+            raise QpruneError("{param_ratio} must be between 0 and 1 (the share of decoder parameters to remove)")
+
+    @property
+    def joint(self) -> bool:
+        return self.expert_allocation == "joint"

@@ -21,6 +21,7 @@ from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.measure.goal import ExpertTarget
 from qprune.measure.search import METHODS, Constraints, Target, search
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
+from qprune.plan import Plan
 from qprune.progress import as_progress
 
 if TYPE_CHECKING:
@@ -65,7 +66,10 @@ def auto_prune(
     model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
     if experts:
         found, report = _score_experts(model, batch, target, progress), None
-        plan = found.plan(target.expert_ratio, target.expert_metric, target.expert_allocation)
+        if target.joint:
+            plan = _joint(model, batch, target, found, checkpoint, constraints, progress)
+        else:
+            plan = found.plan(target.expert_ratio, target.expert_metric, target.expert_allocation)
     else:
         found = _search_blocks(model, batch, target, method, metric, constraints, progress)
         plan, report = found.plan, found.report(checkpoint.name, spec.describe(), dtype)
@@ -84,10 +88,22 @@ def _search_blocks(model, batch, target: Target, method, metric, constraints, pr
     return search(model, batch, target, method, metric, constraints, progress=progress)
 
 
+def _joint(model, batch, target: ExpertTarget, saliency, checkpoint: Checkpoint, constraints, progress) -> Plan:
+    """Blocks and experts against one budget (`measure.joint`); `constraints` keep blocks out of reach."""
+    from qprune.measure.joint import joint_plan
+    from qprune.measure.scan import scan_blocks
+
+    progress.note(f"scoring every block to weigh it against the experts (at most {target.param_ratio:.0%})")
+    scan = scan_blocks(model, batch, progress=progress)
+    layers = checkpoint.config["num_hidden_layers"]
+    block_kl = {b: s["kl"] for b, s in scan.scores.items() if "kl" in s and constraints.allows(b, layers)}
+    return joint_plan(checkpoint.config, block_kl, saliency.scores["kl"], target.param_ratio, checkpoint.plan)
+
+
 def _check_expert_target(checkpoint: Checkpoint, target: ExpertTarget) -> None:
     from qprune.arch.qwen3_moe import QWEN3_MOE
 
-    if target.expert_ratio is None:
+    if target.expert_ratio is None and not target.joint:
         raise QpruneError("give {expert_ratio}: the share of every MoE layer's experts to remove")
     family = family_of(checkpoint.config)
     if family is not QWEN3_MOE:
@@ -97,6 +113,9 @@ def _check_expert_target(checkpoint: Checkpoint, target: ExpertTarget) -> None:
 def _score_experts(model, batch, target: ExpertTarget, progress) -> ExpertSaliency:
     from qprune.measure.experts import expert_saliency
 
+    if target.joint:
+        progress.note("scoring every expert by the KL when masked alone")
+        return expert_saliency(model, batch, progress, kl=True)
     share = f"{target.expert_ratio:.0%}"
     where = "of each MoE layer's" if target.expert_allocation == "uniform" else "of all, counts free per layer"
     progress.note(f"scoring experts ({target.expert_metric}) to remove {share} {where}")
