@@ -184,6 +184,15 @@ def test_prune_auto_nonuniform_writes_uneven_counts_that_verify(moe, tmp_path):
     removed = sum(len(v) for v in config["qprune_pruned_experts"].values())
     assert removed == round(0.25 * EXPERTS * len(SPARSE))
     assert cli("verify", tmp_path / "cut", "--base", base, "-q").exit_code == 0
+    common = ("--max-tokens", "300", "--seq-len", "64", "--no-progress", "--json")
+    evaluated = cli("eval", tmp_path / "cut", "--base", base, *common)
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    assert report["model"]["perplexity"] != report["base"]["perplexity"] > 1
+    timing = ("--batch", "1", "--prompt-len", "8", "--new-tokens", "2", "--repeats", "1", "--warmup", "0")
+    benched = cli("bench", tmp_path / "cut", "--base", base, *timing, "--dtype", "float32", "--json", "-q")
+    assert benched.exit_code == 0, benched.output
+    assert json.loads(benched.output)["batches"][0]["ideal_decode_speedup"] > 1
     bad = cli("prune", base, tmp_path / "bad", "--auto", "--expert-ratio", "0.25", "--expert-allocation", "even")
     assert_one_line_error(bad, "--expert-allocation even: choose uniform or nonuniform")
 
