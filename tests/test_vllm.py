@@ -212,3 +212,14 @@ def test_vllm_serves_an_expert_cut_natively(tmp_path):
     uneven = run_engine(tmp_path / "uneven")
     assert uneven["architecture"] == "PrunedQwen3MoeForCausalLM"
     assert uneven["tokens"] == transformers_greedy(tmp_path / "uneven")
+
+
+def test_vllm_serves_a_width_cut_natively(tmp_path):
+    """A uniform width cut (MLP channels and a KV group in every layer) is a stock Qwen3: vLLM serves it
+    with its own Qwen3ForCausalLM, with the greedy tokens transformers computes."""
+    layers = range(6)
+    plan = Plan(ffn={i: tuple(range(i, 768, 12)) for i in layers}, kv_heads={i: (i % 2,) for i in layers})
+    qprune.prune(str(EMBEDDED_MODEL), tmp_path / "width", plan)
+    run = run_engine(tmp_path / "width")
+    assert run["architecture"] == "Qwen3ForCausalLM"
+    assert run["tokens"] == transformers_greedy(tmp_path / "width")

@@ -1,5 +1,7 @@
-"""Pruning plans: which layers lose their attention block and which their MLP block, and which
-experts of a Qwen3-MoE's layers go (`experts`: layer -> the source's indices of the experts removed).
+"""Pruning plans: which layers lose their attention block and which their MLP block, which experts
+of a Qwen3-MoE's layers go (`experts`: layer -> the source's indices of the experts removed), and how
+much width a dense Qwen3's layers lose (`ffn`: layer -> MLP channels removed; `kv_heads`: layer -> KV
+groups removed, each with the query heads that share it).
 
 Which tensors make up a block is the architecture's business (`arch.family.tensor_block`);
 `Plan.prunes(name)` answers for one tensor name, which is all the streaming pruner needs.
@@ -7,6 +9,7 @@ Which tensors make up a block is the architecture's business (`arch.family.tenso
     plan = Plan.parse(attn="0,5", mlp="3,20-23")  # as typed on the command line
     plan = Plan.from_json("plan.json")          # {"attn": [0, 5], "mlp": [3]}
     plan = Plan(experts={3: (0, 7), 4: (1, 2)})   # {"experts": {"3": [0, 7], "4": [1, 2]}}
+    plan = Plan(ffn={0: (5, 9)}, kv_heads={0: (1,)})  # {"ffn": {"0": [5, 9]}, "kv_heads": {"0": [1]}}
     plan.validate(num_layers=28)
 
 This module imports neither torch nor transformers, so pruning a checkpoint never loads them.
@@ -49,28 +52,39 @@ def _parse_layers(text: str | None, option: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def expert_lists(experts: object, where: str) -> dict[int, tuple[int, ...]]:
-    """{layer: sorted expert indices} from a mapping of layer (int, or its decimal string in JSON) to
-    a list of distinct non-negative expert indices; anything else is a `QpruneError` saying where."""
-    if not isinstance(experts, dict):
-        raise QpruneError(f'{where}: "experts" must be an object like {{"3": [0, 7]}} (layer: experts removed)')
+# The per-layer index lists a plan may hold: its field, and what one index names.
+INDEX_LISTS = {"experts": "expert", "ffn": "MLP channel", "kv_heads": "KV group"}
+
+
+def index_lists(value: object, where: str, field: str = "experts") -> dict[int, tuple[int, ...]]:
+    """{layer: sorted indices} from a mapping of layer (int, or its decimal string in JSON) to a list
+    of distinct non-negative indices (experts, MLP channels or KV groups removed, as `field` says);
+    anything else is a `QpruneError` saying where."""
+    what = INDEX_LISTS[field]
+    if not isinstance(value, dict):
+        raise QpruneError(f'{where}: "{field}" must be an object like {{"3": [0, 7]}} (layer: {what}s removed)')
     out = {}
-    for key, indices in experts.items():
+    for key, indices in value.items():
         layer = int(key) if isinstance(key, str) and key.isdigit() else key
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < MAX_LAYERS:
-            raise QpruneError(f"{where}: experts: {key!r} is not a layer number")
+            raise QpruneError(f"{where}: {field}: {key!r} is not a layer number")
         valid = isinstance(indices, (list, tuple)) and all(
             isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in indices
         )
         if not valid:
-            raise QpruneError(f"{where}: experts of layer {layer} must be a list of expert indices, not {indices!r}")
+            raise QpruneError(f"{where}: {field} of layer {layer} must be a list of {what} indices, not {indices!r}")
         if len(set(indices)) != len(indices):
-            raise QpruneError(f"{where}: experts of layer {layer} lists an expert twice: {list(indices)}")
+            raise QpruneError(f"{where}: {field} of layer {layer} lists the same {what} twice: {list(indices)}")
         if layer in out:
-            raise QpruneError(f"{where}: experts: layer {layer} is given twice")
+            raise QpruneError(f"{where}: {field}: layer {layer} is given twice")
         if indices:
             out[layer] = tuple(sorted(indices))
     return dict(sorted(out.items()))
+
+
+def expert_lists(experts: object, where: str) -> dict[int, tuple[int, ...]]:
+    """`index_lists` of experts."""
+    return index_lists(experts, where, "experts")
 
 
 @dataclass(frozen=True)
@@ -80,12 +94,26 @@ class Plan:
     # Qwen3-MoE: per layer, the experts removed (indices of the source's numbering), as sorted pairs
     # (layer, experts) so that a Plan stays hashable; `Plan(experts={3: [0, 7]})` is accepted.
     experts: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    # Dense Qwen3, width: per layer, the MLP channels and the KV groups removed (source numbering).
+    ffn: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    kv_heads: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attn", tuple(sorted(set(self.attn))))
         object.__setattr__(self, "mlp", tuple(sorted(set(self.mlp))))
-        experts = self.experts if isinstance(self.experts, dict) else dict(self.experts)
-        object.__setattr__(self, "experts", tuple(expert_lists(experts, "experts").items()))
+        for field in INDEX_LISTS:
+            value = getattr(self, field)
+            value = value if isinstance(value, dict) else dict(value)
+            object.__setattr__(self, field, tuple(index_lists(value, field, field).items()))
+
+    @property
+    def has_width(self) -> bool:
+        """Whether the plan removes MLP channels or KV groups."""
+        return bool(self.ffn or self.kv_heads)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.num_blocks or self.experts or self.has_width)
 
     @property
     def removed_experts(self) -> dict[int, tuple[int, ...]]:
@@ -104,9 +132,10 @@ class Plan:
             raise QpruneError(f"plan file {path} does not exist") from None
         except (OSError, ValueError) as error:
             raise QpruneError(f"plan file {path} is not valid JSON: {error}") from None
-        if not isinstance(data, dict) or not set(data) <= {"attn", "mlp", "experts"}:
+        if not isinstance(data, dict) or not set(data) <= {"attn", "mlp", *INDEX_LISTS}:
             raise QpruneError(
-                f'plan file {path} must be an object like {{"attn": [0, 5], "mlp": [3], "experts": {{"4": [0, 7]}}}}'
+                f'plan file {path} must be an object like {{"attn": [0, 5], "mlp": [3]}} (also "experts", "ffn", '
+                '"kv_heads": {"4": [0, 7]})'
             )
         lists = {key: data.get(key, []) for key in ("attn", "mlp")}
         for key, layers in lists.items():
@@ -114,8 +143,8 @@ class Plan:
                 raise QpruneError(f"plan file {path}: {key!r} must be a list of layer numbers")
             if any(i < 0 for i in layers):
                 raise QpruneError(f"plan file {path}: {key!r} holds a negative layer")
-        experts = expert_lists(data.get("experts", {}), f"plan file {path}")
-        return cls(tuple(lists["attn"]), tuple(lists["mlp"]), tuple(experts.items()))
+        indexed = {field: index_lists(data.get(field, {}), f"plan file {path}", field) for field in INDEX_LISTS}
+        return cls(tuple(lists["attn"]), tuple(lists["mlp"]), **{k: tuple(v.items()) for k, v in indexed.items()})
 
     @classmethod
     def from_config(cls, config: dict, where: str | Path = "config.json") -> Plan:
@@ -144,9 +173,15 @@ class Plan:
         return cls(plan["pruned_attn_layers"], plan["pruned_mlp_layers"])
 
     def union(self, other: Plan) -> Plan:
-        """Both plans' blocks (expert lists are not combined here: a checkpoint records the experts it
-        lacks apart from its plan, see `io/experts.py`)."""
-        return Plan(self.attn + other.attn, self.mlp + other.mlp, self.experts or other.experts)
+        """Both plans' blocks (expert and width lists are not combined here: a checkpoint records the
+        experts and width it lacks apart from its plan, see `io/experts.py` and `io/width.py`)."""
+        return Plan(
+            self.attn + other.attn,
+            self.mlp + other.mlp,
+            self.experts or other.experts,
+            self.ffn or other.ffn,
+            self.kv_heads or other.kv_heads,
+        )
 
     def validate(self, num_layers: int) -> None:
         for option, layers in (("attn", self.attn), ("mlp", self.mlp)):
@@ -156,11 +191,13 @@ class Plan:
                 raise QpruneError(
                     f"{{{option}}}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{last})"
                 )
-        bad = [i for i in self.removed_experts if i >= num_layers]
-        if bad:
-            raise QpruneError(
-                f"{{experts}}: layer {bad[0]} is out of range: the model has {num_layers} layers (0..{num_layers - 1})"
-            )
+        for field in INDEX_LISTS:
+            bad = [i for i, _ in getattr(self, field) if i >= num_layers]
+            if bad:
+                raise QpruneError(
+                    f"{{{field}}}: layer {bad[0]} is out of range: the model has {num_layers} layers "
+                    f"(0..{num_layers - 1})"
+                )
 
     @property
     def num_blocks(self) -> int:
@@ -173,12 +210,17 @@ class Plan:
         return block is not None and block[0] in (self.attn if block[1] == "attn" else self.mlp)
 
     def to_dict(self) -> dict:
-        experts = {"experts": {str(i): list(e) for i, e in self.experts}} if self.experts else {}
-        return {"attn": list(self.attn), "mlp": list(self.mlp), **experts}
+        indexed = {
+            field: {str(i): list(e) for i, e in getattr(self, field)} for field in INDEX_LISTS if getattr(self, field)
+        }
+        return {"attn": list(self.attn), "mlp": list(self.mlp), **indexed}
 
     def __str__(self) -> str:
         def layers(xs: tuple[int, ...]) -> str:
             return ", ".join(map(str, xs)) or "none"
 
-        experts = "; ".join(f"layer {i}: {layers(e)}" for i, e in self.experts)
-        return f"attention: {layers(self.attn)}; MLP: {layers(self.mlp)}" + (f"; experts: {experts}" if experts else "")
+        text = f"attention: {layers(self.attn)}; MLP: {layers(self.mlp)}"
+        for field, title in (("experts", "experts"), ("ffn", "MLP channels"), ("kv_heads", "KV groups")):
+            if getattr(self, field):
+                text += f"; {title}: " + "; ".join(f"layer {i}: {layers(e)}" for i, e in getattr(self, field))
+        return text

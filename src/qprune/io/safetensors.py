@@ -39,16 +39,35 @@ class TensorEntry:
     end: int
     # Some rows only (`rows`): the byte ranges in the file that make up the tensor, in order.
     pieces: tuple[tuple[int, int], ...] = ()
+    # Some columns only (`columns`): the kept columns of the stored 2-D tensor start..end, in order.
+    kept_columns: tuple[int, ...] = ()
 
     @property
     def nbytes(self) -> int:
+        if self.kept_columns:
+            return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
         return sum(end - start for start, end in self.pieces) if self.pieces else self.end - self.start
+
+    def columns(self, kept: list[int]) -> TensorEntry:
+        """This 2-D tensor with only the `kept` columns, in that order (`down_proj` / `o_proj` losing
+        MLP channels or heads). Written a block of rows at a time: one tensor's rows in memory at most."""
+        if self.pieces or self.kept_columns or len(self.shape) != 2:
+            raise ValueError(f"{self.name}: columns are taken of a whole 2-D tensor only")
+        shape = (self.shape[0], len(kept))
+        return TensorEntry(self.name, self.file, self.dtype, shape, self.start, self.end, (), tuple(kept))
 
     def rows(self, kept: list[int], name: str | None = None) -> TensorEntry:
         """This tensor with only the `kept` rows of its first dimension, in that order (a router's rows
         for the experts kept), under `name`. Still a description: the rows are copied when written."""
         row = self.nbytes // self.shape[0]
-        pieces = tuple((self.start + i * row, self.start + (i + 1) * row) for i in kept)
+        pieces: list[tuple[int, int]] = []
+        for i in kept:  # adjacent rows as one range: one copy each run
+            start, end = self.start + i * row, self.start + (i + 1) * row
+            if pieces and pieces[-1][1] == start:
+                pieces[-1] = (pieces[-1][0], end)
+            else:
+                pieces.append((start, end))
+        pieces = tuple(pieces)
         shape = (len(kept), *self.shape[1:])
         return TensorEntry(name or self.name, self.file, self.dtype, shape, self.start, self.end, pieces)
 
@@ -222,6 +241,25 @@ def _append_bytes(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
         count -= written
 
 
+def _append_columns(src_fd: int, dst_fd: int, entry: TensorEntry) -> None:
+    """Append the kept columns of a stored 2-D tensor, reading `_COPY_CHUNK` bytes of rows at a time."""
+    import numpy as np
+
+    rows, size = entry.shape[0], DTYPE_SIZES[entry.dtype]
+    row_bytes = (entry.end - entry.start) // rows
+    kept = np.asarray(entry.kept_columns)
+    step = max(1, _COPY_CHUNK // row_bytes)
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        data = os.pread(src_fd, count * row_bytes, entry.start + first * row_bytes)
+        if len(data) != count * row_bytes:
+            raise QpruneError(f"source file ended early: {entry.name} is truncated")
+        block = np.frombuffer(data, dtype=np.uint8).reshape(count, row_bytes // size, size)
+        out = memoryview(np.ascontiguousarray(block[:, kept, :]).tobytes())
+        while out:
+            out = out[os.write(dst_fd, out) :]
+
+
 def _append_zeros(dst_fd: int, count: int) -> None:
     block = bytes(min(count, _COPY_CHUNK))
     while count:
@@ -252,6 +290,9 @@ def _write_shard(path: Path, entries: list[TensorEntry]) -> None:
                     if source:
                         source.close()
                     source, source_file = open(entry.file, "rb", buffering=0), entry.file
+                if entry.kept_columns:
+                    _append_columns(source.fileno(), out.fileno(), entry)
+                    continue
                 for start, end in entry.pieces or ((entry.start, entry.end),):
                     _append_bytes(source.fileno(), out.fileno(), start, end - start)
         finally:

@@ -68,6 +68,7 @@ def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Ch
     check_pruned_absent(tensors, plan, checkpoint.dir)  # an error, not a failed check: as everywhere else
     if base_checkpoint is not None:
         from qprune.io.experts import expert_tensors, recorded_experts
+        from qprune.io.width import recorded_width, width_tensors
 
         base = base_checkpoint.tensors
         expected = {name for name in base if not plan.prunes(name)}
@@ -77,6 +78,10 @@ def check_keys(checkpoint: Checkpoint, base_checkpoint: Checkpoint | None) -> Ch
             base = {entry.name: entry for entry in expert_tensors(base_checkpoint, Plan(experts=experts))}
             expected = {name for name in base if not plan.prunes(name)}
             source = f"base {len(base_checkpoint.tensors)} tensors less the removed experts' and pruned blocks'"
+        width = recorded_width(config)
+        if width.has_width:  # the base's tensors as the width cut slices them
+            base = {entry.name: entry for entry in width_tensors(base_checkpoint, width)}
+            source = f"base {len(base)} tensors, sliced to the recorded width"
     else:
         family = family_of(config)
         expected = {name for name in family.expected_tensors(config) if not plan.prunes(name)}
@@ -131,6 +136,23 @@ def mask_experts(model, experts: dict[int, tuple[int, ...]]):
             step()
 
     return unmask
+
+
+def zero_width(model, width: Plan) -> None:
+    """Zero the `down_proj` columns of `width.ffn`'s channels and the `o_proj` columns of the query
+    heads of `width.kv_heads`' groups in a stock Qwen3: the oracle of a width cut (what removing them
+    computes)."""
+    import torch
+
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    rep = config.num_attention_heads // config.num_key_value_heads
+    with torch.no_grad():
+        for layer, channels in width.ffn:
+            model.model.layers[layer].mlp.down_proj.weight[:, list(channels)] = 0
+        for layer, groups in width.kv_heads:
+            columns = [(g * rep + h) * head_dim + d for g in groups for h in range(rep) for d in range(head_dim)]
+            model.model.layers[layer].self_attn.o_proj.weight[:, columns] = 0
 
 
 def _oracle(base_checkpoint: Checkpoint, plan: Plan, quantize: str | None = None, experts: dict | None = None):
@@ -390,9 +412,11 @@ def verify(
         if base_checkpoint is not None and not healed:
             note(f"logits against the oracle: loading {base_checkpoint.name}")
             from qprune.io.experts import recorded_experts
+            from qprune.io.width import recorded_width
 
             experts = recorded_experts(checkpoint.config)
             oracle = _oracle(base_checkpoint, Plan.from_config(model.config.to_dict()), quantize, experts)
+            zero_width(oracle, recorded_width(checkpoint.config))
             delta = (logits - _logits(oracle, input_ids)).abs().max().item()
             tolerance = quantized_tolerance(logits.device.type) if quantize else LOGITS_TOLERANCE
             how = f"fp32, both {quantize}" if quantize else "fp32"

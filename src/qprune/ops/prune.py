@@ -26,6 +26,7 @@ from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.io.stock import stock_config
+from qprune.io.width import check_width, width_config, width_tensors
 from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
@@ -176,8 +177,8 @@ def prune(
     src_dir, config = source_checkpoint.dir, source_checkpoint.config
     num_layers = config["num_hidden_layers"]
     plan.validate(num_layers)
-    if plan.num_blocks == 0 and not plan.experts:
-        raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers (or {experts})")
+    if plan.is_empty:
+        raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers (or {experts}, {ffn}, {kv_heads})")
     if plan.attn and not family_of(config).attention_prunable(config):
         raise QpruneError(SLIDING_WINDOW_ATTENTION)
     total = source_checkpoint.plan.union(plan)
@@ -185,11 +186,15 @@ def prune(
     if plan.experts:
         check_experts(config, plan, source_checkpoint.name)
         kept = [entry for entry in expert_tensors(source_checkpoint, plan) if not total.prunes(entry.name)]
+    elif plan.has_width:
+        check_width(config, plan, source_checkpoint.name)
+        kept = width_tensors(source_checkpoint, plan)
     else:
         kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
     inherited, left_out = inherited_files(src_dir, shards)
-    stock = bool(plan.experts) and not total.num_blocks and is_uniform(config, plan)
+    # A uniform expert or width cut with no block pruned is a stock checkpoint (check_width refuses the rest).
+    stock = (bool(plan.experts) and not total.num_blocks and is_uniform(config, plan)) or plan.has_width
 
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)
@@ -213,7 +218,8 @@ def prune(
     with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
         write_shards(kept, tmp, max_shard_size)
         source_config = cut_config(config, plan) if plan.experts else config
-        if stock:  # a stock Qwen3-MoE: no plan fields, no modeling code
+        source_config = width_config(config, plan) if plan.has_width else source_config
+        if stock:  # a stock Qwen3 or Qwen3-MoE: no plan fields, no modeling code
             all_layers = list(range(num_layers))
             base_fields = {"qprune_base_model": base_model} | ({"qprune_base_path": base_path} if base_path else {})
             new_config = stock_config(source_config, all_layers) | base_fields  # where heal finds its teacher
@@ -230,7 +236,7 @@ def prune(
             (tmp / "tokenizer_config.json").write_text(tokenizer_settings)
         if search is not None:
             (tmp / SEARCH_REPORT).write_text(json.dumps(search.to_dict(), indent=2) + "\n")
-        card = expert_card(result, base_model) if stock else model_card(result, base_model, search)
+        card = stock_card(result, base_model) if stock else model_card(result, base_model, search)
         (tmp / "README.md").write_text(card)
     return result
 
@@ -245,10 +251,12 @@ def _change(before: int, after: int) -> str:
 def summary(result: PruneResult) -> str:
     blocks = 2 * result.num_layers
     head = []
+    kind = f" (a stock {family_of({'model_type': result.model_type}).title})" if result.stock else ""
     if result.added.experts:
-        kind = f"a stock {family_of({'model_type': result.model_type}).title}" if result.stock else ""
-        head.append(f"removed {removed_text(result.added)} -> {result.out}" + (f" ({kind})" if kind else ""))
-    if result.added.num_blocks or not result.added.experts:
+        head.append(f"removed {removed_text(result.added)} -> {result.out}{kind}")
+    if result.added.has_width:
+        head.append(f"removed {width_text(result.added)} -> {result.out}{kind}")
+    if result.added.num_blocks or not (result.added.experts or result.added.has_width):
         head.append(
             f"pruned {result.added.num_blocks} blocks ({Plan(result.added.attn, result.added.mlp)}) -> {result.out}"
         )
@@ -305,19 +313,17 @@ error. Load in bfloat16 or float32: {title} overflows in float16.
 """
 
 
-_EXPERT_CARD = """\
+_STOCK_CARD = """\
 ---
 {front_matter}library_name: transformers
-tags: [qprune, pruned, experts, {model_type}]
+tags: [qprune, pruned, {tag}, {model_type}]
 ---
 
 # {name}
 
-`{base_model}` with {count} of its experts removed from each of its {layers} MoE layers by qprune. It
-is a stock {title}: `num_experts` is smaller, the kept experts are renumbered in order and the router
-keeps their rows. It computes exactly what the original computes with the removed experts' router
-logits set to -inf. `qprune_pruned_experts` in config.json lists, per layer, the original index of
-every expert removed.
+`{base_model}` with {removed} removed by qprune. It is a stock {title}: {how} It computes exactly what
+the original computes with {oracle}. `{record}` in config.json lists, per layer, the original index of
+every {unit} removed.
 
 | | before | after | change |
 |---|---|---|---|
@@ -362,10 +368,40 @@ def removed_text(plan: Plan) -> str:
     return f"{sum(counts)} experts from {len(counts)} MoE layers ({min(counts)} to {max(counts)} per layer)"
 
 
-def expert_card(result: PruneResult, base_model: str) -> str:
-    removed = result.added.removed_experts
-    count, layers = len(next(iter(removed.values()))), len(removed)
-    return _EXPERT_CARD.format(count=count, layers=layers, **_card_fields(result, base_model))
+def width_text(plan: Plan) -> str:
+    """'64 MLP channels and 1 KV group (with its query heads) from each of 28 layers'."""
+    parts = []
+    if plan.ffn:
+        parts.append(f"{len(plan.ffn[0][1])} MLP channels")
+    if plan.kv_heads:
+        count = len(plan.kv_heads[0][1])
+        parts.append(f"{count} KV group{'s' if count > 1 else ''} (with their query heads)")
+    layers = len({layer for layer, _ in plan.ffn + plan.kv_heads})
+    return f"{' and '.join(parts)} from each of {layers} layers"
+
+
+def stock_card(result: PruneResult, base_model: str) -> str:
+    """The card of a stock checkpoint: a uniform expert cut, or a uniform width cut."""
+    if result.added.experts:
+        words = dict(
+            tag="experts",
+            removed=removed_text(result.added),
+            how="`num_experts` is smaller, the kept experts are renumbered in order and the router keeps their rows.",
+            oracle="the removed experts' router logits set to -inf",
+            record="qprune_pruned_experts",
+            unit="expert",
+        )
+    else:
+        words = dict(
+            tag="width",
+            removed=width_text(result.added),
+            how="`intermediate_size`, `num_key_value_heads` and `num_attention_heads` are smaller, the kept "
+            "channels and heads in their order.",
+            oracle="the removed channels' `down_proj` columns and the removed heads' `o_proj` columns zeroed",
+            record="qprune_pruned_width",
+            unit="channel and KV group",
+        )
+    return _STOCK_CARD.format(**words, **_card_fields(result, base_model))
 
 
 def model_card(result: PruneResult, base_model: str, search: SearchReport | None = None) -> str:
