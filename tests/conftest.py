@@ -72,6 +72,12 @@ def oracle(base: Path, plan: Plan, attn_implementation: str = "eager") -> Qwen3F
     return model.eval()
 
 
+def logit_delta(model, oracle, ids: torch.Tensor) -> float:
+    """The largest difference between two models' logits on `ids`."""
+    with torch.no_grad():
+        return (model(ids).logits - oracle(ids).logits).abs().max().item()
+
+
 def token_batch(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
     return torch.randint(2, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 

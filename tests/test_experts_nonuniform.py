@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_one_line_error, cli, moe_oracle, save_tiny_moe, token_batch
+from conftest import assert_one_line_error, cli, logit_delta, moe_oracle, save_tiny_moe, token_batch
 from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
 
 import qprune
@@ -33,11 +33,6 @@ def masked_oracle(base, plan: Plan) -> Qwen3MoeForCausalLM:
     return model.eval()
 
 
-def _max_delta(model, oracle, ids) -> float:
-    with torch.no_grad():
-        return (model(ids).logits - oracle(ids).logits).abs().max().item()
-
-
 def test_uneven_cut_is_the_pruned_format_equal_to_the_masked_oracle(moe, tmp_path):
     out = tmp_path / "cut"
     result = qprune.prune(moe, out, UNEVEN)
@@ -52,9 +47,9 @@ def test_uneven_cut_is_the_pruned_format_equal_to_the_masked_oracle(moe, tmp_pat
     ids = token_batch()
     oracle = masked_oracle(moe, UNEVEN)
     model = qprune.load(out, dtype=torch.float32)
-    assert _max_delta(model, oracle, ids) <= 1e-5
+    assert logit_delta(model, oracle, ids) <= 1e-5
     remote = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True).eval()
-    assert _max_delta(remote, oracle, ids) <= 1e-5
+    assert logit_delta(remote, oracle, ids) <= 1e-5
     assert remote.model.layers[1].mlp.gate.weight.shape[0] == 4  # nothing allocated for what went
     with torch.no_grad():
         cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
@@ -78,7 +73,7 @@ def test_uneven_cut_with_blocks_pruned_including_layer_0_attention(moe, tmp_path
     config = json.loads((tmp_path / "joint" / "config.json").read_text())
     assert config["layer_num_experts"] == [5, 7, 0, 7]  # layer 1's MoE block is pruned whole
     model = qprune.load(tmp_path / "joint", dtype=torch.float32)
-    assert _max_delta(model, masked_oracle(moe, plan), token_batch()) <= 1e-5
+    assert logit_delta(model, masked_oracle(moe, plan), token_batch()) <= 1e-5
     assert cli("verify", tmp_path / "joint", "--base", moe, "-q").exit_code == 0
 
 
@@ -105,7 +100,7 @@ def test_export_refuses_an_uneven_cut_and_an_even_second_cut_is_stock(moe, tmp_p
     assert config["model_type"] == "qwen3_moe" and config["num_experts"] == 4 and "layer_num_experts" not in config
     record = {int(k): tuple(v) for k, v in config["qprune_pruned_experts"].items()}
     stock = AutoModelForCausalLM.from_pretrained(tmp_path / "even", dtype=torch.float32).eval()
-    assert _max_delta(stock, masked_oracle(moe, Plan(experts=record)), token_batch()) <= 1e-5
+    assert logit_delta(stock, masked_oracle(moe, Plan(experts=record)), token_batch()) <= 1e-5
 
 
 def test_router_logits_with_uneven_counts_is_a_clear_error(moe, tmp_path):

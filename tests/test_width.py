@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_one_line_error, cli, save_tiny_moe, save_tiny_qwen3, tiny_config, token_batch
+from conftest import assert_one_line_error, cli, logit_delta, save_tiny_moe, save_tiny_qwen3, tiny_config, token_batch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
 
@@ -36,11 +36,6 @@ def width_oracle(base, plan: Plan) -> Qwen3ForCausalLM:
     return model
 
 
-def _delta(model, oracle, ids) -> float:
-    with torch.no_grad():
-        return (model(ids).logits - oracle(ids).logits).abs().max().item()
-
-
 def test_uniform_width_cut_is_a_stock_qwen3_equal_to_the_zeroed_oracle(base, tmp_path):
     out = tmp_path / "cut"
     result = qprune.prune(base, out, CUT)
@@ -58,10 +53,10 @@ def test_uniform_width_cut_is_a_stock_qwen3_equal_to_the_zeroed_oracle(base, tmp
     assert type(stock).__name__ == "Qwen3ForCausalLM"
     ids = token_batch()
     oracle = width_oracle(base, CUT)
-    assert _delta(stock, oracle, ids) <= 1e-5
-    assert _delta(qprune.load(out, dtype=torch.float32), oracle, ids) <= 1e-5
+    assert logit_delta(stock, oracle, ids) <= 1e-5
+    assert logit_delta(qprune.load(out, dtype=torch.float32), oracle, ids) <= 1e-5
     dense = Qwen3ForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    assert _delta(dense, oracle, ids) > 1e-3  # the oracle is not the dense model by accident
+    assert logit_delta(dense, oracle, ids) > 1e-3  # the oracle is not the dense model by accident
     with torch.no_grad():
         cached = stock.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
         uncached = stock.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
@@ -116,7 +111,7 @@ def test_ffn_alone_kv_alone_biases_and_a_second_cut(tmp_path):
     for name, plan in (("ffn", Plan(ffn=FFN)), ("kv", Plan(kv_heads=KV))):
         qprune.prune(base, tmp_path / name, plan)
         stock = AutoModelForCausalLM.from_pretrained(tmp_path / name, dtype=torch.float32).eval()
-        assert _delta(stock, width_oracle(base, plan), ids) <= 1e-5, name
+        assert logit_delta(stock, width_oracle(base, plan), ids) <= 1e-5, name
     again = Plan(ffn={i: (0,) for i in range(LAYERS)})  # the cut's channel 0 of each layer
     qprune.prune(tmp_path / "ffn", tmp_path / "ffn2", again)
     record = json.loads((tmp_path / "ffn2" / "config.json").read_text())["qprune_pruned_width"]
@@ -124,7 +119,7 @@ def test_ffn_alone_kv_alone_biases_and_a_second_cut(tmp_path):
     assert record["ffn"]["0"] == [0, 1, 5, 95] and record["ffn"]["1"] == [0, 10, 11, 12]
     twice = Plan(ffn={int(k): tuple(v) for k, v in record["ffn"].items()})
     stock = AutoModelForCausalLM.from_pretrained(tmp_path / "ffn2", dtype=torch.float32).eval()
-    assert _delta(stock, width_oracle(base, twice), ids) <= 1e-5
+    assert logit_delta(stock, width_oracle(base, twice), ids) <= 1e-5
     assert cli("verify", tmp_path / "ffn2", "--base", base, "-q").exit_code == 0
 
 
