@@ -147,3 +147,111 @@ def test_width_of_a_qwen3_moe_is_refused(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"kv_heads": {str(i): [0] for i in range(4)}}))
     assert_one_line_error(cli("prune", moe, tmp_path / "out", "--plan", path), "width cuts are a dense Qwen3's")
+
+
+# -- importance and prune --auto --ffn-ratio / --kv-head-ratio ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_base(tmp_path_factory):
+    from conftest import with_embedded_tokenizer
+
+    path = tmp_path_factory.mktemp("width-text") / "base"
+    torch.manual_seed(0)
+    config = tiny_config(LAYERS)
+    config.vocab_size = 4096  # the embedded tokenizer's
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    return with_embedded_tokenizer(path)
+
+
+def test_activation_importance_is_the_mean_channel_activation(base):
+    """Minitron's measure from the hooks equals the channel activations computed from the MLP's input."""
+    from qprune.measure.width import width_importance
+
+    model = qprune.load(base, dtype=torch.float32)
+    ids = token_batch(batch=3, length=16)
+    importance = width_importance(model, ids)
+    inputs = {}
+    handles = [
+        layer.mlp.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0]))
+        for i, layer in enumerate(model.model.layers)
+    ]
+    with torch.no_grad():
+        model(ids)
+        for handle in handles:
+            handle.remove()
+        for i, mlp in enumerate(layer.mlp for layer in model.model.layers):
+            x = inputs[i].reshape(-1, inputs[i].shape[-1])
+            act = (mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)).abs().mean(0)
+            assert importance.scores["ffn"]["activation"][i] == pytest.approx(act.tolist(), rel=1e-4, abs=1e-7)
+            weighted = act * mlp.down_proj.weight.norm(dim=0)
+            assert importance.scores["ffn"]["output"][i] == pytest.approx(weighted.tolist(), rel=1e-4, abs=1e-7)
+    assert len(importance.scores["kv_heads"]["activation"][0]) == GROUPS
+
+
+def test_kv_group_kl_is_the_kl_with_its_o_proj_columns_zeroed(base):
+    from qprune.measure.width import kv_group_kl
+
+    model = qprune.load(base, dtype=torch.float32)
+    ids = token_batch(batch=2, length=16)
+    scores = kv_group_kl(model, ids)
+    with torch.no_grad():
+        dense = torch.log_softmax(model(ids).logits[:, :-1].float(), -1)
+        for layer, group in ((0, 1), (3, 0)):
+            stock = Qwen3ForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+            zero_width(stock, Plan(kv_heads={layer: (group,)}))
+            masked = torch.log_softmax(stock(ids).logits[:, :-1].float(), -1)
+            expected = (dense.exp() * (dense - masked)).sum(-1).mean().item()
+            assert scores[layer][group] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        assert torch.equal(torch.log_softmax(model(ids).logits[:, :-1].float(), -1), dense)  # restored
+
+
+def test_prune_auto_ffn_and_kv_head_ratio_write_the_lowest_as_a_stock_qwen3(text_base, tmp_path):
+    from qprune.measure.data import DataSpec, load_token_batches
+    from qprune.measure.width import width_importance
+
+    args = ("--auto", "--ffn-ratio", "0.25", "--kv-head-ratio", "0.5", "--samples", "4", "--seq-len", "32")
+    result = cli("prune", text_base, tmp_path / "cut", *args, "--dtype", "float32", "-q")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and config["intermediate_size"] == 72 and config["num_key_value_heads"] == 1
+    model = qprune.load(text_base, dtype=torch.float32)
+    batch = load_token_batches(DataSpec(samples=4, seq_len=32), qprune.runtime.load.load_tokenizer(text_base))
+    expected = width_importance(model, batch).plan(0.25, 0.5)
+    assert config["qprune_pruned_width"] == {
+        "ffn": {str(i): list(c) for i, c in expected.ffn},
+        "kv_heads": {str(i): list(g) for i, g in expected.kv_heads},
+    }
+    assert cli("verify", tmp_path / "cut", "--base", text_base, "-q").exit_code == 0
+    layered = cli("prune", text_base, tmp_path / "layered", *args, "--dtype", "float32", "--max-memory", "9.6MB")
+    assert layered.exit_code == 0, layered.output
+    assert "measuring in memory" not in layered.output  # it ran layer by layer
+    assert (
+        json.loads((tmp_path / "layered" / "config.json").read_text())["qprune_pruned_width"]
+        == config["qprune_pruned_width"]
+    )
+
+
+def test_scan_width_writes_scores_and_the_figure(text_base, tmp_path):
+    pytest.importorskip("matplotlib", reason="the figure needs matplotlib")
+    result = cli("scan", text_base, "--width", "--samples", "2", "--seq-len", "32", "--out", tmp_path / "scan", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "scan" / "width.png").stat().st_size > 0
+    width = json.loads((tmp_path / "scan" / "scan.json").read_text())["width"]
+    assert set(width["scores"]["kv_heads"]) == {"activation", "output", "kl"}
+    assert len(width["scores"]["ffn"]["activation"]["0"]) == CHANNELS
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--ffn-ratio", "0.25", "--width-metric", "kl"), "kl ranks KV groups only"),
+        (("--kv-head-ratio", "0.1"), "removes 0 of 2 KV groups per layer"),
+        (("--ffn-ratio", "1.5"), "--ffn-ratio must be between 0 and 1"),
+        (("--ffn-ratio", "0.25", "--blocks", "2"), "remove width only"),
+    ],
+)
+def test_width_ratio_bad_input(text_base, tmp_path, args, message):
+    result = cli("prune", text_base, tmp_path / "out", "--auto", *args, "--samples", "2", "--seq-len", "32")
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "out").exists()

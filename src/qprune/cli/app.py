@@ -44,7 +44,7 @@ from qprune.errors import Interrupted, QpruneError, signals_interrupt
 from qprune.healing.settings import HealSettings
 from qprune.measure.bench import BenchSettings
 from qprune.measure.data import DataSpec
-from qprune.measure.goal import Constraints, ExpertTarget, Target
+from qprune.measure.goal import Constraints, ExpertTarget, Target, WidthTarget
 
 # Headings of option groups in --help.
 SEARCH = "Search (--auto)"
@@ -154,6 +154,9 @@ def prune(
     expert_ratio: Optional[float] = option(ExpertTarget, "expert_ratio", panel=SEARCH),
     expert_metric: str = option(ExpertTarget, "expert_metric", panel=SEARCH),
     expert_allocation: str = option(ExpertTarget, "expert_allocation", panel=SEARCH),
+    ffn_ratio: Optional[float] = option(WidthTarget, "ffn_ratio", panel=SEARCH),
+    kv_head_ratio: Optional[float] = option(WidthTarget, "kv_head_ratio", panel=SEARCH),
+    width_metric: str = option(WidthTarget, "width_metric", panel=SEARCH),
     dtype: str = in_panel(DTYPE, SEARCH),
     max_memory: Optional[str] = in_panel(MAX_MEMORY, SEARCH),
     source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
@@ -176,10 +179,11 @@ def prune(
         shard_size = parse_size(max_shard_size)
         memory = parse_memory(max_memory)
         if not auto:
-            if blocks is not None or param_ratio is not None or whole_layers or memory is not None or expert_ratio:
+            chosen = (blocks, param_ratio, expert_ratio, ffn_ratio, kv_head_ratio, memory)
+            if whole_layers or any(value is not None for value in chosen):
                 raise QpruneError(
-                    "--blocks, --param-ratio, --whole-layers, --expert-ratio and --max-memory choose what to remove "
-                    "automatically: add --auto"
+                    "--blocks, --param-ratio, --whole-layers, --expert-ratio, --ffn-ratio, --kv-head-ratio and "
+                    "--max-memory choose what to remove automatically: add --auto"
                 )
             from qprune.ops.prune import prune as run_prune
 
@@ -200,7 +204,13 @@ def prune(
             raise QpruneError("--expert-allocation nonuniform goes with --expert-ratio (the share of experts removed)")
         if joint and (blocks is not None or whole_layers):
             raise QpruneError("--expert-allocation joint takes --param-ratio, not --blocks or --whole-layers")
-        target = settings_from(ExpertTarget if expert_ratio is not None or joint else Target, values)
+        width = ffn_ratio is not None or kv_head_ratio is not None
+        if width and (blocks is not None or param_ratio is not None or whole_layers or expert_ratio is not None):
+            raise QpruneError("--ffn-ratio / --kv-head-ratio remove width only: no --blocks, --param-ratio or experts")
+        if width:
+            target = settings_from(WidthTarget, values)
+        else:
+            target = settings_from(ExpertTarget if expert_ratio is not None or joint else Target, values)
         result, found = auto_prune(
             src,
             out,
@@ -263,6 +273,9 @@ def scan(
     experts: bool = typer.Option(
         False, "--experts", help="Qwen3-MoE: also score every expert (routing frequency, REAP's saliency)."
     ),
+    width: bool = typer.Option(
+        False, "--width", help="Dense Qwen3: also score every MLP channel and KV group (activation, output, KL)."
+    ),
     expert_kl: bool = typer.Option(
         False, "--expert-kl", help="With --experts: also the KL when each expert alone is masked (a replay each)."
     ),
@@ -286,6 +299,7 @@ def scan(
             max_memory=parse_memory(max_memory),
             experts=experts,
             expert_kl=expert_kl,
+            width=width,
         )
     show(done, as_json)
 

@@ -297,10 +297,12 @@ class BlockRunner(RecordingRunner):
             hidden = self.layers[i](hidden, *args, **kwargs)
         return self.model.model.norm(hidden)
 
-    def replay(self, path: _Path, layer: int) -> torch.Tensor:
-        """Final normed hidden states when layer `layer`'s MLP block and every layer after it are
+    def replay(self, path: _Path, layer: int, kind: str = "mlp") -> torch.Tensor:
+        """Final normed hidden states when layer `layer`'s `kind` block and every block after it are
         replayed, as the model now computes them, on the residual stream that entered that block (an
-        expert masked in it: `measure.experts.expert_kl`)."""
+        expert masked in it: `measure.experts.expert_kl`; a KV group zeroed: `measure.width`)."""
+        if kind == "attn":
+            return self._run_from(path, (layer, "attn"))  # the whole layer runs, as its flags say
         hidden = path.states[(layer, "mlp")]
         block = self.layers[layer]
         if not block.prune_mlp:

@@ -221,7 +221,7 @@ def expert_kl(model, batch: torch.Tensor, progress=None) -> dict[int, list[float
             for e, total in enumerate(stats[layer]):
                 unmask = mask_experts(model, {layer: (e,)})
                 try:
-                    total += token_stats(model, runner.replay(path, layer), path.input_ids, reference)
+                    total += token_stats(model, runner.replay(path, layer, "mlp"), path.input_ids, reference)
                 finally:
                     unmask()
     return {layer: [s.mean_kl for s in totals] for layer, totals in stats.items()}

@@ -123,3 +123,56 @@ class ExpertTarget:
     @property
     def joint(self) -> bool:
         return self.expert_allocation == "joint"
+
+
+WIDTH_METRICS = ("activation", "output", "kl")
+
+
+@dataclass(frozen=True)
+class WidthTarget:
+    """Remove the `ffn_ratio` share of every layer's MLP channels and the `kv_head_ratio` share of its
+    KV groups, those lowest by `width_metric` (`measure.width`): a uniform cut, written as a stock Qwen3."""
+
+    ffn_ratio: float | None = setting(
+        None,
+        "Dense Qwen3: share of every layer's MLP channels to remove, e.g. 0.25 (writes a stock Qwen3).",
+        metavar="SHARE",
+    )
+    kv_head_ratio: float | None = setting(
+        None,
+        "Dense Qwen3: share of every layer's KV groups to remove, each with its query heads (a stock Qwen3).",
+        metavar="SHARE",
+    )
+    width_metric: str = setting(
+        "activation",
+        "With --ffn-ratio / --kv-head-ratio: rank by activation (Minitron's mean activation), output (weighted by "
+        "what reaches the residual stream), or kl (KV groups only: the KL when each is removed alone).",
+        metavar="activation|output|kl",
+    )
+
+    def __post_init__(self) -> None:
+        if self.width_metric not in WIDTH_METRICS:
+            raise QpruneError(f"{{width_metric}} {self.width_metric}: choose {' or '.join(WIDTH_METRICS)}")
+        if self.ffn_ratio is None and self.kv_head_ratio is None:
+            raise QpruneError("give {ffn_ratio} or {kv_head_ratio}: the share of every layer's width to remove")
+        for name in ("ffn_ratio", "kv_head_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise QpruneError(f"{{{name}}} must be between 0 and 1 (the share removed), not {value}")
+        if self.width_metric == "kl" and self.ffn_ratio is not None:
+            raise QpruneError("{width_metric} kl ranks KV groups only (MLP channels are too many to replay one by one)")
+
+
+def width_count(ratio: float | None, size: int, unit: str) -> int:
+    """How many of a layer's `size` MLP channels (`unit` "ffn") or KV groups ("kv_heads") the share
+    `ratio` removes: rounded, at least one removed and one kept (0 for no ratio)."""
+    if not ratio:
+        return 0
+    count = round(ratio * size)
+    if count < 1 or count >= size:
+        what, option = ("MLP channels", "ffn_ratio") if unit == "ffn" else ("KV groups", "kv_head_ratio")
+        raise QpruneError(
+            f"{{{option}}} {ratio} removes {count} of {size} {what} per layer: give a share that removes at least "
+            "one and keeps at least one"
+        )
+    return count

@@ -333,11 +333,14 @@ def run_scan(
     max_memory: int | None = None,
     experts: bool = False,
     expert_kl: bool = False,
+    width: bool = False,
 ) -> ScanReport:
     """Load `source`, scan it on `spec`'s data, and write `out`/scan.json and `out`/scan.png. With
     `max_memory` (bytes), a model that does not fit is scanned layer by layer within it. With `experts`,
     every expert of a Qwen3-MoE is scored too (`measure.experts`), and with `expert_kl` also by the KL
-    when masked alone (a replay per expert, in memory)."""
+    when masked alone (a replay per expert, in memory). With `width`, every MLP channel and KV group of
+    a dense Qwen3 (`measure.width`; the KV groups' KL too when the model is in memory), drawn in
+    `width.png`."""
     from qprune.io.source import open_checkpoint
     from qprune.measure.data import load_for_measurement
     from qprune.progress import as_progress
@@ -356,6 +359,14 @@ def run_scan(
         progress.note("scoring every expert (frequency, REAP" + (", KL when masked)" if expert_kl else ")"))
         saliency = expert_saliency(model, batch, progress, kl=expert_kl)
         result.timings["experts"] = saliency.timings["saliency"]
+    importance = None
+    if width:
+        from qprune.measure.width import width_importance
+
+        whole = engine_of(model).whole
+        progress.note("scoring every MLP channel and KV group" + ("" if whole else " (no KL: layer by layer)"))
+        importance = width_importance(model, batch, progress, kl=whole)
+        result.timings["width"] = sum(importance.timings.values())
     result.timings = {"load": loaded - start, **result.timings}
     result.timings["total"] = time.perf_counter() - start
     report = {
@@ -367,6 +378,7 @@ def run_scan(
         **({"max_memory": limit} if (limit := engine_of(model).max_memory) is not None else {}),
         **result.to_dict(),
         **({"experts": saliency.to_dict()} if saliency is not None else {}),
+        **({"width": importance.to_dict()} if importance is not None else {}),
     }
     heatmap = False
     if out is not None:
@@ -376,4 +388,8 @@ def run_scan(
             heatmap = write_heatmap(result, tmp / "scan.png", title)
             if saliency is not None:
                 write_expert_heatmap(saliency, tmp / "experts.png", title)
+            if importance is not None:
+                from qprune.measure.width import write_width_figure
+
+                write_width_figure(importance, tmp / "width.png", title)
     return ScanReport(result, report, Path(out) if out is not None else None, heatmap, saliency)

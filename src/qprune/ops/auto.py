@@ -1,8 +1,10 @@
 """`qprune prune --auto`: search for a plan on calibration data, then write the pruned checkpoint;
-`prune --auto --expert-ratio`: score a Qwen3-MoE's experts, then write the uniform cut.
+`prune --auto --expert-ratio`: score a Qwen3-MoE's experts, then write the cut;
+`prune --auto --ffn-ratio / --kv-head-ratio`: score a dense Qwen3's width, then write the uniform cut.
 
     pruned, search = auto_prune("Qwen/Qwen3-0.6B", "qwen3-pruned", DataSpec(samples=64), Target(blocks=8))
     pruned, saliency = auto_prune("Qwen/Qwen3-30B-A3B", "a3b-cut", DataSpec(), ExpertTarget(expert_ratio=0.25))
+    pruned, importance = auto_prune("Qwen/Qwen3-0.6B", "0.6b-narrow", DataSpec(), WidthTarget(ffn_ratio=0.25))
 
 The search (`measure/search.py`) only measures: it returns the plan and its report. Writing is this
 module's: `prune` copies the checkpoint with the plan applied, and records the report
@@ -18,7 +20,7 @@ from qprune.arch import SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
 from qprune.io.output import check_output
 from qprune.io.source import Checkpoint, open_checkpoint
-from qprune.measure.goal import ExpertTarget
+from qprune.measure.goal import ExpertTarget, WidthTarget
 from qprune.measure.search import METHODS, Constraints, Target, search
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
 from qprune.plan import Plan
@@ -35,7 +37,7 @@ def auto_prune(
     source: str | Path | Checkpoint,
     out,
     spec,
-    target: Target | ExpertTarget,
+    target: Target | ExpertTarget | WidthTarget,
     *,
     method: str = "greedy",
     metric: str | None = None,
@@ -63,8 +65,13 @@ def auto_prune(
     checkpoint = open_checkpoint(source)  # once: every step below takes it, nothing is read twice
     if experts:
         _check_expert_target(checkpoint, target)
+    if isinstance(target, WidthTarget):
+        _check_width_target(checkpoint, target)
     model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
-    if experts:
+    if isinstance(target, WidthTarget):
+        found, report = _score_width(model, batch, target, progress), None
+        plan = found.plan(target.ffn_ratio or 0.0, target.kv_head_ratio or 0.0, target.width_metric)
+    elif experts:
         found, report = _score_experts(model, batch, target, progress), None
         if target.joint:
             plan = _joint(model, batch, target, found, checkpoint, constraints, progress)
@@ -98,6 +105,26 @@ def _joint(model, batch, target: ExpertTarget, saliency, checkpoint: Checkpoint,
     layers = checkpoint.config["num_hidden_layers"]
     block_kl = {b: s["kl"] for b, s in scan.scores.items() if "kl" in s and constraints.allows(b, layers)}
     return joint_plan(checkpoint.config, block_kl, saliency.scores["kl"], target.param_ratio, checkpoint.plan)
+
+
+def _check_width_target(checkpoint: Checkpoint, target: WidthTarget) -> None:
+    """Refuse before any data is read: not a dense Qwen3, or a share that removes none or all."""
+    from qprune.arch.qwen3 import QWEN3
+    from qprune.measure.goal import width_count
+
+    config = checkpoint.config
+    if family_of(config) is not QWEN3:
+        raise QpruneError(f"{{ffn_ratio}} / {{kv_head_ratio}}: {checkpoint.name} is not a dense Qwen3")
+    heads = QWEN3.config_field(config, "num_attention_heads")
+    width_count(target.ffn_ratio, QWEN3.config_field(config, "intermediate_size"), "ffn")
+    width_count(target.kv_head_ratio, QWEN3.config_field(config, "num_key_value_heads") or heads, "kv_heads")
+
+
+def _score_width(model, batch, target: WidthTarget, progress):
+    from qprune.measure.width import width_importance
+
+    progress.note(f"scoring every MLP channel and KV group ({target.width_metric})")
+    return width_importance(model, batch, progress, kl=target.width_metric == "kl")
 
 
 def _check_expert_target(checkpoint: Checkpoint, target: ExpertTarget) -> None:
