@@ -255,3 +255,37 @@ def test_width_ratio_bad_input(text_base, tmp_path, args, message):
     result = cli("prune", text_base, tmp_path / "out", "--auto", *args, "--samples", "2", "--seq-len", "32")
     assert_one_line_error(result, message)
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_compares_a_width_cut_with_its_base(base, tmp_path):
+    """Its ideal is the base's cost over the narrower shape's (cost.ideal_speedups with pruned_shape)."""
+    from qprune.cost import Shape, ideal_speedups
+
+    qprune.prune(base, tmp_path / "cut", CUT)
+    args = ("--batch", "1", "--prompt-len", "8", "--new-tokens", "2", "--repeats", "1", "--warmup", "0")
+    result = cli("bench", tmp_path / "cut", "--base", base, *args, "--dtype", "float32", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)["batches"][0]
+    dense = Shape.from_config(json.loads((base / "config.json").read_text()))
+    cut = Shape.from_config(json.loads((tmp_path / "cut" / "config.json").read_text()))
+    ideal = ideal_speedups(dense, Plan(), Plan(), 1, 8, 2, 4, pruned_shape=cut)
+    assert row["ideal_decode_speedup"] == pytest.approx(ideal.decode) and ideal.decode > 1
+    assert row["ideal_prefill_speedup"] == pytest.approx(ideal.prefill) and ideal.prefill > 1
+
+
+def test_heal_distils_the_wider_base_into_a_width_cut(text_base, tmp_path):
+    """The base the cut records teaches it (its greater width is no mismatch); another model's is refused."""
+    from qprune.healing.distill import check_teacher
+    from qprune.io.source import open_checkpoint
+
+    qprune.prune(text_base, tmp_path / "cut", CUT)
+    args = ("--tokens", "256", "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "200", "-q")
+    result = cli("heal", tmp_path / "cut", tmp_path / "healed", *args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "healed" / "config.json").read_text())
+    assert config["intermediate_size"] == 93 and config["qprune_pruned_width"]
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "healed")).__name__ == "Qwen3ForCausalLM"
+    twice = Plan(ffn={i: (0,) for i in range(LAYERS)})
+    qprune.prune(text_base, tmp_path / "other", twice)  # one channel narrower: not this cut's base
+    with pytest.raises(qprune.QpruneError, match="intermediate_size 95, the pruned model 96"):
+        check_teacher(open_checkpoint(tmp_path / "cut"), open_checkpoint(tmp_path / "other"), "OTHER")

@@ -147,6 +147,7 @@ def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
     from qprune.cost import Shape
     from qprune.healing.kd import tokenizer_digest
     from qprune.io.experts import kept_counts, recorded_experts
+    from qprune.io.width import recorded_width
     from qprune.plan import Plan
 
     student_config, teacher_config = student.config, teacher.config
@@ -162,6 +163,13 @@ def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
         counts = kept_counts(student_config, Plan())
         student_shape["experts"] = max((n + len(removed.get(i, ())) for i, n in counts.items()), default=0)
         student_shape["layer_experts"] = ()  # its base had one count in every layer
+    width = recorded_width(student_config)  # a width cut: its base was that much wider in every layer
+    if width.has_width:
+        rep = student_shape["heads"] // student_shape["kv_heads"]
+        groups = len(width.kv_heads[0][1]) if width.kv_heads else 0
+        student_shape["intermediate"] += len(width.ffn[0][1]) if width.ffn else 0
+        student_shape["kv_heads"] += groups
+        student_shape["heads"] += groups * rep
     for field_name, teacher_value in teacher_shape.to_dict().items():
         if teacher_value != student_shape[field_name]:
             label = _SHAPE_FIELDS.get(field_name, field_name)

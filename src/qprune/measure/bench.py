@@ -234,6 +234,10 @@ def checkpoint_pair(
     shapes = Shape.from_config(model.config), Shape.from_config(base.config)
     if "qprune_pruned_experts" in model.config:  # an expert cut: the same shape but for the expert counts
         shapes = replace(shapes[0], experts=shapes[1].experts, layer_experts=shapes[1].layer_experts), shapes[1]
+    if "qprune_pruned_width" in model.config:  # a width cut: the same shape but narrower
+        base_shape = shapes[1]
+        narrow = dict(intermediate=base_shape.intermediate, heads=base_shape.heads, kv_heads=base_shape.kv_heads)
+        shapes = replace(shapes[0], **narrow), base_shape
     if shapes[0] != shapes[1]:
         raise QpruneError(f"{model} and {{base}} {base} are not the same Qwen3 shape: {shapes[0]} vs {shapes[1]}")
     device_map = None if device == "cpu" else device  # transformers 4.57 wants accelerate for any device_map
