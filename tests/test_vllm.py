@@ -223,3 +223,13 @@ def test_vllm_serves_a_width_cut_natively(tmp_path):
     run = run_engine(tmp_path / "width")
     assert run["architecture"] == "Qwen3ForCausalLM"
     assert run["tokens"] == transformers_greedy(tmp_path / "width")
+    # With blocks pruned too (layer 0's attention among them), it is qprune's format at the narrower
+    # width: the plugin serves it.
+    mixed = Plan(
+        attn=(0, 3), mlp=(4,), ffn={i: tuple(range(i, 768, 12)) for i in layers if i != 4},
+        kv_heads={i: (i % 2,) for i in layers if i not in (0, 3)},
+    )  # fmt: skip
+    qprune.prune(str(EMBEDDED_MODEL), tmp_path / "mixed", mixed)
+    run = run_engine(tmp_path / "mixed")
+    assert run["architecture"] == "PrunedQwen3ForCausalLM"
+    assert run["tokens"] == transformers_greedy(tmp_path / "mixed")

@@ -131,7 +131,7 @@ def test_ffn_alone_kv_alone_biases_and_a_second_cut(tmp_path):
         ({"kv_heads": {str(i): [0, 1] for i in range(LAYERS)}}, "would keep none of its 2 KV groups"),
         ({"kv_heads": {"0": [0, 0]}}, "lists the same KV group twice"),
         ({"mlp": [1], "ffn": {"1": [0]}}, "layer 1's MLP block is pruned whole"),
-        ({"attn": [2], "ffn": {str(i): [0] for i in range(LAYERS)}}, "with pruned blocks are not written yet"),
+        ({"attn": [2], "ffn": {"0": [0], "1": [0], "3": [0]}}, "from every layer whose block remains"),
         ({"ffn": {"9": [0]}}, "out of range"),
     ],
 )
@@ -140,6 +140,33 @@ def test_bad_width_plans_are_one_line_errors(base, tmp_path, plan, message):
     path.write_text(json.dumps(plan))
     assert_one_line_error(cli("prune", base, tmp_path / "out", "--plan", path), message)
     assert not (tmp_path / "out").exists()
+
+
+def test_width_with_blocks_is_the_pruned_format_equal_to_both_oracles(base, tmp_path):
+    """Uniform widths and pruned blocks (layer 0's attention among them) in one checkpoint: qprune's
+    format with the narrower sizes; it equals stock with the blocks' output projections and the width's
+    columns zeroed, with and without cache, passes verify, and exports to a stock Qwen3 that equals it."""
+    from conftest import oracle as block_oracle
+
+    plan = Plan(attn=(0,), mlp=(2,), ffn={i: FFN[i] for i in (0, 1, 3)}, kv_heads={i: KV[i] for i in (1, 2, 3)})
+    result = qprune.prune(base, tmp_path / "mixed", plan)
+    config = json.loads((tmp_path / "mixed" / "config.json").read_text())
+    assert config["model_type"] == "pruned_qwen3" and config["intermediate_size"] == 93
+    assert (config["pruned_attn_layers"], config["pruned_mlp_layers"]) == ([0], [2])
+    assert "a stock" not in result.summary()
+    expected = block_oracle(base, Plan(attn=(0,), mlp=(2,)))
+    zero_width(expected, plan)
+    model, ids = qprune.load(tmp_path / "mixed", dtype=torch.float32), token_batch()
+    assert logit_delta(model, expected, ids) <= 1e-5
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    verified = cli("verify", tmp_path / "mixed", "--base", base, "-q")
+    assert verified.exit_code == 0, verified.output
+    assert cli("export", tmp_path / "mixed", tmp_path / "stock", "-q").exit_code == 0
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "stock", dtype=torch.float32).eval()
+    assert type(stock).__name__ == "Qwen3ForCausalLM" and logit_delta(stock, expected, ids) <= 1e-5
 
 
 def test_width_of_a_qwen3_moe_is_refused(tmp_path):

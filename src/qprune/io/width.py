@@ -54,8 +54,8 @@ def _sizes(config: dict) -> tuple[int, int, int]:
 
 def check_width(config: dict, plan: Plan, where: str) -> None:
     """Refuse a width plan this checkpoint cannot take: not a dense Qwen3, an index out of range, no
-    channel or group left in a layer, a layer whose block is pruned, or (not written yet) a cut that
-    is not the same in every layer or comes with pruned blocks."""
+    channel or group left in a layer, a layer whose block is pruned, experts, or (not written yet) a
+    cut that is not the same in every layer whose block remains."""
     family = family_of(config)
     if family is not QWEN3:
         raise QpruneError(f"{{ffn}} / {{kv_heads}}: {where} is a {family.title}; width cuts are a dense Qwen3's")
@@ -73,17 +73,16 @@ def check_width(config: dict, plan: Plan, where: str) -> None:
                 raise QpruneError(f"{{{field}}}: layer {layer} has {what} 0..{size - 1}, not {indices[-1]}")
             if len(indices) >= size:
                 raise QpruneError(f"{{{field}}}: layer {layer} would keep none of its {size} {what}; keep at least one")
-    if plan.num_blocks or source_plan.num_blocks or plan.experts:
-        raise QpruneError(
-            "{ffn} / {kv_heads} with pruned blocks are not written yet: prune the width first, then the blocks"
-        )
-    layers = config["num_hidden_layers"]
-    for field, what in (("ffn", "MLP channels"), ("kv_heads", "KV groups")):
+    layers = range(config["num_hidden_layers"])
+    for field, what, blocks in (
+        ("ffn", "MLP channels", set(plan.mlp) | set(source_plan.mlp)),
+        ("kv_heads", "KV groups", set(plan.attn) | set(source_plan.attn)),
+    ):
         lists = dict(getattr(plan, field))
-        if len({len(lists.get(i, ())) for i in range(layers)}) > 1:
+        if len({len(lists.get(i, ())) for i in layers if i not in blocks}) > 1:
             raise QpruneError(
-                f"{{{field}}}: remove the same number of {what} from every layer (a uniform cut, written as a stock "
-                "Qwen3); different counts per layer are not written yet"
+                f"{{{field}}}: remove the same number of {what} from every layer whose block remains (a uniform "
+                "cut); different counts per layer are not written yet"
             )
 
 

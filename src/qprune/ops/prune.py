@@ -183,18 +183,19 @@ def prune(
         raise QpruneError(SLIDING_WINDOW_ATTENTION)
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
+    if plan.has_width:  # a dense Qwen3's: never with experts
+        check_width(config, plan, source_checkpoint.name)
     if plan.experts:
         check_experts(config, plan, source_checkpoint.name)
         kept = [entry for entry in expert_tensors(source_checkpoint, plan) if not total.prunes(entry.name)]
     elif plan.has_width:
-        check_width(config, plan, source_checkpoint.name)
-        kept = width_tensors(source_checkpoint, plan)
+        kept = [entry for entry in width_tensors(source_checkpoint, plan) if not total.prunes(entry.name)]
     else:
         kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
     inherited, left_out = inherited_files(src_dir, shards)
     # A uniform expert or width cut with no block pruned is a stock checkpoint (check_width refuses the rest).
-    stock = (bool(plan.experts) and not total.num_blocks and is_uniform(config, plan)) or plan.has_width
+    stock = not total.num_blocks and ((bool(plan.experts) and is_uniform(config, plan)) or plan.has_width)
 
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)
