@@ -1,6 +1,7 @@
 """Width or depth: on the shipped model, at equal shares of the decoder's parameters, held-out perplexity
 and measured prefill / decode speed of removing blocks (qprune's greedy KL search), MLP channels
-(Minitron's mean activation), and MLP channels plus one KV group per layer; then the measured speed of
+(Minitron's mean activation), MLP channels plus one KV group per layer, and the joint search (which
+splits the budget between blocks and channels: `--width-allocation joint`); then the measured speed of
 uniform width cuts against depth cuts of the same size at Qwen3-0.6B's and Qwen3-8B's shapes (random
 weights).
 
@@ -89,6 +90,7 @@ def shipped_table(settings: BenchSettings, work: Path) -> None:
     for budget in BUDGETS:
         cuts: dict[str, Target | WidthTarget] = {"depth: blocks": Target(param_ratio=budget)}
         cuts |= width_targets(shape, budget)
+        cuts["joint: the search splits the budget"] = WidthTarget(param_ratio=budget, width_allocation="joint")
         for name, target in cuts.items():
             out = work / f"cut-{budget}-{len(name)}"
             kwargs = {"metric": "kl"} if isinstance(target, Target) else {}
@@ -99,7 +101,11 @@ def shipped_table(settings: BenchSettings, work: Path) -> None:
             removed = 1 - (result.params_after - _embeddings(shape)) / (result.params_before - _embeddings(shape))
             ppl = held_out_perplexity(cut, heldout)
             prefill, decode = speed(dense, cut, settings)
-            what = str(result.plan) if isinstance(target, Target) else _width_words(cut.config, shape)
+            what = str(Plan(result.plan.attn, result.plan.mlp)) if not isinstance(target, WidthTarget) else ""
+            if isinstance(target, WidthTarget):
+                what = _width_words(cut.config, shape) + (
+                    f"; blocks {Plan(result.plan.attn, result.plan.mlp)}" if result.plan.num_blocks else ""
+                )
             row = [
                 f"{budget:.0%}",
                 name,

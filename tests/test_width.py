@@ -275,7 +275,9 @@ def test_scan_width_writes_scores_and_the_figure(text_base, tmp_path):
         (("--ffn-ratio", "0.25", "--width-metric", "kl"), "kl ranks KV groups only"),
         (("--kv-head-ratio", "0.1"), "removes 0 of 2 KV groups per layer"),
         (("--ffn-ratio", "1.5"), "--ffn-ratio must be between 0 and 1"),
-        (("--ffn-ratio", "0.25", "--blocks", "2"), "remove width only"),
+        (("--ffn-ratio", "0.25", "--blocks", "2"), "take no --blocks or experts"),
+        (("--ffn-ratio", "0.25", "--param-ratio", "0.2"), "--param-ratio R --width-allocation joint"),
+        (("--kv-head-ratio", "0.5", "--width-allocation", "joint"), "joint takes --param-ratio, not --ffn-ratio"),
     ],
 )
 def test_width_ratio_bad_input(text_base, tmp_path, args, message):
@@ -316,3 +318,28 @@ def test_heal_distils_the_wider_base_into_a_width_cut(text_base, tmp_path):
     qprune.prune(text_base, tmp_path / "other", twice)  # one channel narrower: not this cut's base
     with pytest.raises(qprune.QpruneError, match="intermediate_size 95, the pruned model 96"):
         check_teacher(open_checkpoint(tmp_path / "cut"), open_checkpoint(tmp_path / "other"), "OTHER")
+
+
+def test_prune_auto_joint_splits_one_budget_between_blocks_and_channels(text_base, tmp_path):
+    """Every split is tried and judged by its KL from the dense model; the written plan is the best,
+    within the budget, and verifies against the base."""
+    from qprune.cost import Shape, parameter_count
+    from qprune.measure.data import DataSpec
+    from qprune.measure.goal import WidthTarget
+    from qprune.ops.auto import auto_prune
+
+    target = WidthTarget(param_ratio=0.3, width_allocation="joint")
+    spec = DataSpec(samples=4, seq_len=32)
+    result, report = auto_prune(text_base, tmp_path / "cut", spec, target, dtype="float32", progress=False)
+    assert [c.width_share for c in report.candidates] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert report.best.kl == min(c.kl for c in report.candidates)
+    assert report.candidates[0].channels == 0 and report.candidates[-1].plan.num_blocks == 0
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert Plan.from_config(config).num_blocks == report.best.plan.num_blocks
+    dense = Shape.from_config(json.loads((text_base / "config.json").read_text()))
+    decoder = parameter_count(dense, Plan()) - dense.vocab * dense.hidden * 2 - dense.hidden
+    assert 0 < result.params_before - result.params_after <= 0.3 * decoder + 1
+    assert cli("verify", tmp_path / "cut", "--base", text_base, "-q").exit_code == 0
+    shown = cli("prune", text_base, tmp_path / "cli", "--auto", "--param-ratio", "0.3", "--width-allocation", "joint",
+                "--samples", "4", "--seq-len", "32", "--dtype", "float32", "-q")  # fmt: skip
+    assert shown.exit_code == 0 and "<- written" in shown.output, shown.output

@@ -157,6 +157,7 @@ def prune(
     ffn_ratio: Optional[float] = option(WidthTarget, "ffn_ratio", panel=SEARCH),
     kv_head_ratio: Optional[float] = option(WidthTarget, "kv_head_ratio", panel=SEARCH),
     width_metric: str = option(WidthTarget, "width_metric", panel=SEARCH),
+    width_allocation: str = option(WidthTarget, "width_allocation", panel=SEARCH),
     dtype: str = in_panel(DTYPE, SEARCH),
     max_memory: Optional[str] = in_panel(MAX_MEMORY, SEARCH),
     source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
@@ -204,9 +205,12 @@ def prune(
             raise QpruneError("--expert-allocation nonuniform goes with --expert-ratio (the share of experts removed)")
         if joint and (blocks is not None or whole_layers):
             raise QpruneError("--expert-allocation joint takes --param-ratio, not --blocks or --whole-layers")
-        width = ffn_ratio is not None or kv_head_ratio is not None
-        if width and (blocks is not None or param_ratio is not None or whole_layers or expert_ratio is not None):
-            raise QpruneError("--ffn-ratio / --kv-head-ratio remove width only: no --blocks, --param-ratio or experts")
+        width = ffn_ratio is not None or kv_head_ratio is not None or width_allocation == "joint"
+        if width and (blocks is not None or whole_layers or expert_ratio is not None or joint):
+            raise QpruneError("--ffn-ratio / --kv-head-ratio / --width-allocation take no --blocks or experts")
+        if width and param_ratio is not None and width_allocation != "joint":
+            raise QpruneError("--ffn-ratio / --kv-head-ratio remove width only: for blocks and width under one "
+                              "budget, --param-ratio R --width-allocation joint")  # fmt: skip
         if width:
             target = settings_from(WidthTarget, values)
         else:

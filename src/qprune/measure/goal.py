@@ -131,7 +131,9 @@ WIDTH_METRICS = ("activation", "output", "kl")
 @dataclass(frozen=True)
 class WidthTarget:
     """Remove the `ffn_ratio` share of every layer's MLP channels and the `kv_head_ratio` share of its
-    KV groups, those lowest by `width_metric` (`measure.width`): a uniform cut, written as a stock Qwen3."""
+    KV groups, those lowest by `width_metric` (`measure.width`): a uniform cut, written as a stock Qwen3.
+    Or, with `width_allocation="joint"`, blocks and MLP channels within `param_ratio` of the decoder's
+    parameters, the split chosen by a search (`ops.depth_width`)."""
 
     ffn_ratio: float | None = setting(
         None,
@@ -149,10 +151,31 @@ class WidthTarget:
         "what reaches the residual stream), or kl (KV groups only: the KL when each is removed alone).",
         metavar="activation|output|kl",
     )
+    width_allocation: str = setting(
+        "uniform",
+        "uniform (with --ffn-ratio / --kv-head-ratio), or joint with --param-ratio: the search splits one budget "
+        "between blocks and MLP channels (dense Qwen3).",
+        metavar="uniform|joint",
+    )
+    param_ratio: float | None = None  # joint only: `Target.param_ratio` (the command line's --param-ratio)
+
+    @property
+    def joint(self) -> bool:
+        return self.width_allocation == "joint"
 
     def __post_init__(self) -> None:
         if self.width_metric not in WIDTH_METRICS:
             raise QpruneError(f"{{width_metric}} {self.width_metric}: choose {' or '.join(WIDTH_METRICS)}")
+        if self.width_allocation not in ("uniform", "joint"):
+            raise QpruneError(f"{{width_allocation}} {self.width_allocation}: choose uniform or joint")
+        if self.joint:
+            if self.param_ratio is None or self.ffn_ratio is not None or self.kv_head_ratio is not None:
+                raise QpruneError("{width_allocation} joint takes {param_ratio}, not {ffn_ratio} or {kv_head_ratio}")
+            if not 0 < self.param_ratio < 1:
+                raise QpruneError("{param_ratio} must be between 0 and 1 (the share of decoder parameters to remove)")
+            return
+        if self.param_ratio is not None:
+            raise QpruneError("{param_ratio} with width: add {width_allocation} joint")
         if self.ffn_ratio is None and self.kv_head_ratio is None:
             raise QpruneError("give {ffn_ratio} or {kv_head_ratio}: the share of every layer's width to remove")
         for name in ("ffn_ratio", "kv_head_ratio"):

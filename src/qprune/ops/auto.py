@@ -68,6 +68,24 @@ def auto_prune(
     if isinstance(target, WidthTarget):
         _check_width_target(checkpoint, target)
     model, batch = load_for_measurement(checkpoint, spec, dtype, progress, max_memory)
+    if isinstance(target, WidthTarget) and target.joint:
+        from qprune.measure.engine import engine_of
+        from qprune.ops.depth_width import depth_and_width
+
+        if not engine_of(model).whole:
+            raise QpruneError("{width_allocation} joint searches in memory: drop {max_memory}")
+        size = max_shard_size or DEFAULT_MAX_SHARD_SIZE
+        return depth_and_width(
+            checkpoint,
+            Path(out),
+            model,
+            batch,
+            target,
+            constraints,
+            progress=progress,
+            force=force,
+            max_shard_size=size,
+        )
     if isinstance(target, WidthTarget):
         found, report = _score_width(model, batch, target, progress), None
         plan = found.plan(target.ffn_ratio or 0.0, target.kv_head_ratio or 0.0, target.width_metric)
@@ -115,6 +133,8 @@ def _check_width_target(checkpoint: Checkpoint, target: WidthTarget) -> None:
     config = checkpoint.config
     if family_of(config) is not QWEN3:
         raise QpruneError(f"{{ffn_ratio}} / {{kv_head_ratio}}: {checkpoint.name} is not a dense Qwen3")
+    if target.joint:
+        return
     heads = QWEN3.config_field(config, "num_attention_heads")
     width_count(target.ffn_ratio, QWEN3.config_field(config, "intermediate_size"), "ffn")
     width_count(target.kv_head_ratio, QWEN3.config_field(config, "num_key_value_heads") or heads, "kv_heads")
