@@ -4,13 +4,14 @@ channels.
 
     result, report = depth_and_width(checkpoint, "out", spec, WidthTarget(param_ratio=0.25, width_allocation="joint"))
 
-For each split of the budget (none, a quarter, half, three quarters, all of it as MLP channels), the
-channels go by Minitron's mean activation, measured once on the dense model, the same number in every
-layer; the narrowed model is written to a temporary stock checkpoint and qprune's greedy KL search
-removes blocks from it for the rest of the budget. Each candidate is judged by the mean KL divergence of
-its next-token distribution from the dense model's on the calibration data, and the best is written as
-one plan (blocks and width: qprune's format, or a stock Qwen3 when it took no block). Five searches:
-about five times the cost of a depth search.
+For each split of the budget (all of it, three quarters, half, a quarter, none of it for blocks),
+qprune's greedy KL search removes blocks within that share, and whatever the budget has left goes to MLP
+channels (Minitron's mean activation, measured once on the dense model; the same number in every layer
+whose MLP remains, rounded down), so every candidate fills the budget. Each candidate is written to a
+temporary checkpoint, loaded, and judged by the mean KL divergence of its next-token distribution from
+the dense model's on the calibration data; the best is written as one plan (blocks and width: qprune's
+format, or a stock Qwen3 when it took no block). Four searches and five candidates loaded beside the
+dense model: several times the cost of a depth search, and memory for two models.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from qprune.measure.goal import Constraints, Target, WidthTarget
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, PruneResult, prune
 from qprune.plan import Plan
 
-SPLITS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the share of the budget taken as MLP channels
+SPLITS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the share of the budget left to MLP channels (the rest: blocks)
 
 
 @dataclass
 class Candidate:
-    width_share: float  # of the budget
+    width_share: float  # of the budget left to MLP channels at least (the blocks may leave them more)
     channels: int  # removed from every layer's MLP
     plan: Plan  # blocks and width, in the source's numbering
     kl: float  # mean KL from the dense model on the calibration data
@@ -51,8 +52,7 @@ class DepthWidthReport:
         for c in self.candidates:
             mark = "  <- written" if c is self.best else ""
             blocks = Plan(c.plan.attn, c.plan.mlp)
-            lines.append(f"  {c.width_share:>4.0%} as width ({c.channels} channels per layer), blocks {blocks}: "
-                         f"KL {c.kl:.4f}{mark}")  # fmt: skip
+            lines.append(f"  blocks {blocks}, then {c.channels} MLP channels per layer: KL {c.kl:.4f}{mark}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -73,7 +73,6 @@ def depth_and_width(
     target: WidthTarget,
     constraints: Constraints = Constraints(),
     *,
-    dtype: str = "auto",
     progress=None,
     force: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
@@ -85,44 +84,38 @@ def depth_and_width(
     from qprune.runtime.load import load
 
     shape = Shape.from_config(checkpoint.config)
-    total = sum(sum(block_parameters(shape, i).values()) for i in range(shape.layers))
-    per_channel = 3 * shape.hidden * shape.layers  # one channel of every layer's MLP
-    budget = target.param_ratio * total
+    sizes = {(i, kind): n for i in range(shape.layers) for kind, n in block_parameters(shape, i).items()}
+    budget = target.param_ratio * sum(sizes.values())
     importance = width_importance(model, batch, progress)
     reference = _reference(model, batch)
     report = DepthWidthReport(target.param_ratio)
     with tempfile.TemporaryDirectory(prefix="qprune-depth-width-") as tmp:
         for share in SPLITS:
-            channels = min(round(share * budget / per_channel), shape.intermediate - 1)
-            width = importance.plan(channels / shape.intermediate) if channels else Plan()
-            candidate = model
-            if channels:
-                narrow = Path(tmp) / f"narrow-{channels}"
-                if not narrow.exists():
-                    prune(checkpoint, narrow, width)
-                candidate = load(narrow, dtype=model.dtype)
-            left = budget - channels * per_channel
-            narrow_total = total - channels * per_channel
             blocks = Plan()
-            if left / narrow_total > 1e-3:
+            if share < 1:
                 try:
-                    found = search(
-                        candidate, batch, Target(param_ratio=left / narrow_total), "greedy", "kl", constraints
-                    )
-                    blocks = found.plan
+                    blocks = search(model, batch, Target(param_ratio=(1 - share) * target.param_ratio), "greedy", "kl",
+                                    constraints).plan  # fmt: skip
                 except QpruneError:
-                    blocks = Plan()  # no block fits what is left
-            kl = _kl(candidate, batch, reference, blocks)
-            mlp = set(blocks.mlp)
-            plan = Plan(blocks.attn, blocks.mlp, ffn={i: c for i, c in width.ffn if i not in mlp})
+                    pass  # no block fits this share: all of it goes to width
+            removed = sum(sizes[(i, "attn")] for i in blocks.attn) + sum(sizes[(i, "mlp")] for i in blocks.mlp)
+            mlps = shape.layers - len(blocks.mlp)
+            channels = min(int((budget - removed) // (3 * shape.hidden * mlps)) if mlps else 0, shape.intermediate - 1)
+            width = importance.plan(channels / shape.intermediate) if channels else Plan()
+            plan = Plan(blocks.attn, blocks.mlp, ffn={i: c for i, c in width.ffn if i not in set(blocks.mlp)})
+            if plan.is_empty:
+                continue
+            prune(checkpoint, Path(tmp) / f"split-{share}", plan)
+            candidate = load(Path(tmp) / f"split-{share}", dtype=model.dtype)
+            kl = _kl(model, candidate, reference)
+            del candidate
             report.candidates.append(Candidate(share, channels, plan, kl))
             if progress:
-                progress.note(f"{share:.0%} of the budget as width: {channels} channels, blocks {blocks}: KL {kl:.4f}")
-            del candidate
-    best = report.best
-    if best.plan.is_empty:
+                progress.note(f"{1 - share:.0%} of the budget for blocks ({blocks}), {channels} channels: KL {kl:.4f}")
+    if not report.candidates:
         raise QpruneError(f"{{param_ratio}} {target.param_ratio}: neither a block nor a channel fits the budget")
-    return prune(checkpoint, out, best.plan, force=force, max_shard_size=max_shard_size), report
+    result = prune(checkpoint, out, report.best.plan, force=force, max_shard_size=max_shard_size)
+    return result, report
 
 
 def _reference(model, batch) -> list:
@@ -139,17 +132,16 @@ def _reference(model, batch) -> list:
         ]
 
 
-def _kl(model, batch, reference: list, blocks: Plan) -> float:
-    """Mean KL(dense || model with `blocks` skipped) per predicted token."""
+def _kl(dense, model, reference: list) -> float:
+    """Mean KL(dense || model) per predicted token over the calibration micro-batches."""
     import torch
 
-    from qprune.measure.ablation import TokenStats, reference_logprobs, skipping, token_stats
+    from qprune.measure.ablation import TokenStats, reference_logprobs, token_stats
 
     stats = TokenStats()
-    skipped = {(i, "attn") for i in blocks.attn} | {(i, "mlp") for i in blocks.mlp}
     device = model.get_input_embeddings().weight.device
-    with torch.inference_mode(), skipping(model, skipped):
+    with torch.inference_mode():
         for ids, dense_states in reference:
             states = model.model(input_ids=ids.to(device), use_cache=False).last_hidden_state
-            stats += token_stats(model, states, ids, reference_logprobs(model, dense_states))
+            stats += token_stats(model, states, ids, reference_logprobs(dense, dense_states))
     return stats.mean_kl
