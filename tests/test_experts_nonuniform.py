@@ -86,7 +86,7 @@ def test_streamed_model_runs_an_uneven_cut_layer_by_layer(moe, tmp_path):
     streamed = engine_of(StreamedModel.open(tmp_path / "cut", torch.float32, max_memory=2 * 10**8))
     whole = engine_of(qprune.load(tmp_path / "cut", dtype=torch.float32))
     assert not streamed.whole
-    (_, layered), (_, expected) = next(streamed.final_states([ids])), next(whole.final_states([ids]))
+    [(_, layered)], [(_, expected)] = list(streamed.final_states([ids])), list(whole.final_states([ids]))
     assert (layered - expected).abs().max() <= 1e-5
 
 
@@ -240,3 +240,15 @@ def test_prune_auto_joint_writes_blocks_and_experts_within_the_budget(tmp_path):
         (("--blocks", "2", "--expert-allocation", "joint"), "joint takes --param-ratio, not --blocks"),
     ):
         assert_one_line_error(cli("prune", base, tmp_path / "bad", "--auto", *bad), message)
+
+
+def test_a_dropped_final_states_generator_leaves_gradients_on(moe):
+    """The engines compute under inference mode but never hold it across a yield."""
+    from qprune.measure.engine import engine_of
+
+    engine = engine_of(qprune.load(moe, dtype=torch.float32))
+    first, second = engine.final_states([token_batch()]), engine.final_states([token_batch()])
+    next(first), next(second)
+    del first  # dropped before the other: restoring out of order must not switch gradients off
+    del second
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

@@ -48,9 +48,12 @@ class InMemory:
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(batch index, final normed hidden states) of each batch of token ids, a whole forward each."""
         device = self.model.get_input_embeddings().weight.device
-        with torch.inference_mode():
-            for k, batch in enumerate(progress(batches, description) if progress else batches):
-                yield k, self.model.model(input_ids=batch.to(device), use_cache=False).last_hidden_state
+        for k, batch in enumerate(progress(batches, description) if progress else batches):
+            # Inference mode for the forward only, never across a yield: a generator suspended (or
+            # dropped) inside the context would leave gradients off for its caller.
+            with torch.inference_mode():
+                states = self.model.model(input_ids=batch.to(device), use_cache=False).last_hidden_state
+            yield k, states
 
 
 class LayerByLayer:
