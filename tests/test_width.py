@@ -154,6 +154,10 @@ def test_width_with_blocks_is_the_pruned_format_equal_to_both_oracles(base, tmp_
     assert config["model_type"] == "pruned_qwen3" and config["intermediate_size"] == 93
     assert (config["pruned_attn_layers"], config["pruned_mlp_layers"]) == ([0], [2])
     assert "a stock" not in result.summary()
+    info = cli("info", tmp_path / "mixed").output
+    assert (
+        "MLP channels removed: 3 in each of 3 layers" in info and "KV groups removed:    1 in each of 3 layers" in info
+    )
     expected = block_oracle(base, Plan(attn=(0,), mlp=(2,)))
     zero_width(expected, plan)
     model, ids = qprune.load(tmp_path / "mixed", dtype=torch.float32), token_batch()

@@ -43,19 +43,44 @@ class Description(dict):
     def text(self) -> str:
         from qprune.words import format_layers, human_bytes
 
+        def per_layer(lists: dict) -> str:
+            counts = {len(items) for items in lists.values()}
+            each = f"{counts.pop()} in each of" if len(counts) == 1 else f"{sum(map(len, lists.values()))} over"
+            return f"{each} {len(lists)} layers"
+
+        removed = [
+            f"{title}{per_layer(self[key])}\n" for key, title in _REMOVED if self.get(key)
+        ]  # the experts and width the checkpoint lacks, as config.json records them
         return (
             f"{self['path']} ({self['model_type']}, {self['num_layers']} layers)\n"
             + (f"pruned from:      {self['base_model']}\n" if self["base_model"] else "")
             + f"attention pruned: {format_layers(self['attn'])}\nMLP pruned:       {format_layers(self['mlp'])}\n"
-            f"parameters: {self['parameters']:,}   bytes: {human_bytes(self['bytes'])}   "
+            + "".join(removed)
+            + f"parameters: {self['parameters']:,}   bytes: {human_bytes(self['bytes'])}   "
             f"dtypes: {', '.join(self['dtypes'])}"
         )
 
 
+_REMOVED = (
+    ("experts_removed", "experts removed:  "),
+    ("ffn_removed", "MLP channels removed: "),
+    ("kv_heads_removed", "KV groups removed:    "),
+)
+
+
 def describe(path: str | Path | Checkpoint) -> Description:
     """A checkpoint's plan and sizes, as `qprune info --json` prints them."""
+    from qprune.io.experts import recorded_experts
+    from qprune.io.width import recorded_width
+
     checkpoint = open_checkpoint(path)
     config, plan, tensors = checkpoint.config, checkpoint.plan, checkpoint.tensors.values()
+    width = recorded_width(config)
+    lists = {
+        "experts_removed": recorded_experts(config),
+        "ffn_removed": dict(width.ffn),
+        "kv_heads_removed": dict(width.kv_heads),
+    }
     return Description(
         path=str(checkpoint.dir),
         model_type=config["model_type"],
@@ -64,6 +89,7 @@ def describe(path: str | Path | Checkpoint) -> Description:
         attn=list(plan.attn),
         mlp=list(plan.mlp),
         blocks_pruned=plan.num_blocks,
+        **{key: {str(i): list(v) for i, v in value.items()} for key, value in lists.items() if value},
         parameters=sum(t.numel for t in tensors),
         bytes=sum(t.nbytes for t in tensors),
         dtypes=sorted({t.dtype for t in tensors}),
