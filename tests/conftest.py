@@ -27,7 +27,7 @@ VOCAB = 96
 
 
 def tiny_config(num_layers: int = 4, tied: bool = False, **overrides) -> Qwen3Config:
-    return Qwen3Config(
+    sizes = dict(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=96,
@@ -39,8 +39,8 @@ def tiny_config(num_layers: int = 4, tied: bool = False, **overrides) -> Qwen3Co
         tie_word_embeddings=tied,
         pad_token_id=0,
         eos_token_id=1,
-        **overrides,
     )
+    return Qwen3Config(**sizes | overrides)
 
 
 def save_tiny_qwen3(

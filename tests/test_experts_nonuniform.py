@@ -41,7 +41,7 @@ def test_uneven_cut_is_the_pruned_format_equal_to_the_masked_oracle(moe, tmp_pat
     assert config["layer_num_experts"] == [7, 4, 0, 6]
     assert config["qprune_pruned_experts"] == {"0": [1], "1": [0, 2, 5, 7], "3": [3, 4]}
     assert "removed 7 experts from 3 MoE layers (1 to 4 per layer)" in result.summary()
-    assert "experts removed:  7 over 3 layers" in cli("info", out).output
+    assert "experts removed:  7 over 3 layers (1 to 4 per layer)" in cli("info", out).output
     assert json.loads(cli("info", out, "--json").output)["experts_removed"] == config["qprune_pruned_experts"]
     names = qprune.open_checkpoint(out).tensors
     assert "model.layers.1.mlp.experts.3.down_proj.weight" in names

@@ -298,7 +298,8 @@ def test_each_family_checks_its_own_config_fields(tmp_path, untied_base, family)
     assert family_of(config) is family and open_checkpoint(source)
     expected = {"num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size"}
     expected |= {"mlp_only_layers", "decoder_sparse_step", "layer_num_experts"}
-    assert set(family.config_checks) == (expected if family is QWEN3_MOE else set())
+    widths = {"layer_intermediate_size", "layer_num_key_value_heads"}  # a width cut's sizes per layer
+    assert set(family.config_checks) == (expected if family is QWEN3_MOE else widths)
     for name, kind in family.config_checks.items():
         bad = next(value for value in ("x", 1.5, -1, [-1]) if not kind.test(value, config))
         damaged = Path(shutil.copytree(source, tmp_path / name))

@@ -233,3 +233,14 @@ def test_vllm_serves_a_width_cut_natively(tmp_path):
     run = run_engine(tmp_path / "mixed")
     assert run["architecture"] == "PrunedQwen3ForCausalLM"
     assert run["tokens"] == transformers_greedy(tmp_path / "mixed")
+
+
+def test_vllm_serves_widths_that_differ_between_layers(tmp_path):
+    """A width cut that is not the same in every layer is qprune's format with each layer's sizes: the
+    plugin builds every layer at its own width, and each attention layer's KV cache holds its own KV
+    heads (two layers with one KV head, four with two), with the greedy tokens transformers computes."""
+    plan = Plan(ffn={0: tuple(range(0, 768, 3)), 2: (5,), 5: tuple(range(300))}, kv_heads={1: (0,), 4: (1,)})
+    qprune.prune(str(EMBEDDED_MODEL), tmp_path / "uneven", plan)
+    run = run_engine(tmp_path / "uneven")
+    assert run["architecture"] == "PrunedQwen3ForCausalLM"
+    assert run["tokens"] == transformers_greedy(tmp_path / "uneven")

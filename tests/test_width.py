@@ -126,12 +126,10 @@ def test_ffn_alone_kv_alone_biases_and_a_second_cut(tmp_path):
 @pytest.mark.parametrize(
     "plan, message",
     [
-        ({"ffn": {"0": [1], "1": [1, 2]}}, "remove the same number of MLP channels from every layer"),
         ({"ffn": {str(i): [CHANNELS] for i in range(LAYERS)}}, f"MLP channels 0..{CHANNELS - 1}, not {CHANNELS}"),
         ({"kv_heads": {str(i): [0, 1] for i in range(LAYERS)}}, "would keep none of its 2 KV groups"),
         ({"kv_heads": {"0": [0, 0]}}, "lists the same KV group twice"),
         ({"mlp": [1], "ffn": {"1": [0]}}, "layer 1's MLP block is pruned whole"),
-        ({"attn": [2], "ffn": {"0": [0], "1": [0], "3": [0]}}, "from every layer whose block remains"),
         ({"ffn": {"9": [0]}}, "out of range"),
     ],
 )
@@ -263,6 +261,34 @@ def test_prune_auto_ffn_and_kv_head_ratio_write_the_lowest_as_a_stock_qwen3(text
     )
 
 
+def test_prune_auto_nonuniform_takes_the_same_total_with_counts_free_per_layer(text_base, tmp_path):
+    """The lowest channels across layers, each scored as a share of its layer's total: the same number
+    as the uniform cut, in qprune's format, equal to its oracle and written as `WidthImportance.plan` says."""
+    from qprune.measure.data import DataSpec, load_token_batches
+    from qprune.measure.width import width_importance
+
+    args = ("--auto", "--ffn-ratio", "0.25", "--width-allocation", "nonuniform", "--samples", "4", "--seq-len", "32")
+    result = cli("prune", text_base, tmp_path / "cut", *args, "--dtype", "float32", "-q")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert config["model_type"] == "pruned_qwen3" and len(set(config["layer_intermediate_size"])) > 1
+    assert sum(config["layer_intermediate_size"]) == LAYERS * (CHANNELS - 24)  # the uniform cut's total
+    model = qprune.load(text_base, dtype=torch.float32)
+    batch = load_token_batches(DataSpec(samples=4, seq_len=32), qprune.runtime.load.load_tokenizer(text_base))
+    scores = width_importance(model, batch).scores["ffn"]["activation"]
+    expected = width_importance(model, batch).plan(0.25, allocation="nonuniform")
+    assert config["qprune_pruned_width"] == {"ffn": {str(i): list(c) for i, c in expected.ffn}}
+    # every channel removed scores (as a share of its layer's total) no more than any channel kept
+    share = {(i, j): v / sum(values) for i, values in scores.items() for j, v in enumerate(values)}
+    removed = {(i, j) for i, channels in expected.ffn for j in channels}
+    assert max(share[u] for u in removed) <= min(v for u, v in share.items() if u not in removed)
+    assert (
+        logit_delta(qprune.load(tmp_path / "cut", dtype=torch.float32), width_oracle(text_base, expected), batch)
+        <= 1e-4
+    )
+    assert cli("verify", tmp_path / "cut", "--base", text_base, "-q").exit_code == 0
+
+
 def test_scan_width_writes_scores_and_the_figure(text_base, tmp_path):
     pytest.importorskip("matplotlib", reason="the figure needs matplotlib")
     result = cli("scan", text_base, "--width", "--samples", "2", "--seq-len", "32", "--out", tmp_path / "scan", "-q")
@@ -282,6 +308,10 @@ def test_scan_width_writes_scores_and_the_figure(text_base, tmp_path):
         (("--ffn-ratio", "0.25", "--blocks", "2"), "take no --blocks or experts"),
         (("--ffn-ratio", "0.25", "--param-ratio", "0.2"), "--param-ratio R --width-allocation joint"),
         (("--kv-head-ratio", "0.5", "--width-allocation", "joint"), "joint takes --param-ratio, not --ffn-ratio"),
+        (
+            ("--ffn-ratio", "0.25", "--width-allocation", "even"),
+            "--width-allocation even: choose uniform or nonuniform",
+        ),
     ],
 )
 def test_width_ratio_bad_input(text_base, tmp_path, args, message):
@@ -325,8 +355,9 @@ def test_heal_distils_the_wider_base_into_a_width_cut(text_base, tmp_path):
 
 
 def test_prune_auto_joint_splits_one_budget_between_blocks_and_channels(text_base, tmp_path):
-    """Every split is tried and judged by its KL from the dense model; the written plan is the best,
-    within the budget, and verifies against the base."""
+    """Every split is tried, with MLP channels alone and with a KV group per layer as well, and judged by
+    its KL from the dense model; the written plan is the best, within the budget, and verifies against
+    the base."""
     from qprune.cost import Shape, parameter_count
     from qprune.measure.data import DataSpec
     from qprune.measure.goal import WidthTarget
@@ -335,7 +366,10 @@ def test_prune_auto_joint_splits_one_budget_between_blocks_and_channels(text_bas
     target = WidthTarget(param_ratio=0.3, width_allocation="joint")
     spec = DataSpec(samples=4, seq_len=32)
     result, report = auto_prune(text_base, tmp_path / "cut", spec, target, dtype="float32", progress=False)
-    assert [c.width_share for c in report.candidates] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [c.width_share for c in report.candidates if not c.groups] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    with_kv = [c for c in report.candidates if c.groups]  # one KV group from every attention that remains
+    assert with_kv and all({i for i, _ in c.plan.kv_heads} == set(range(LAYERS)) - set(c.plan.attn) for c in with_kv)
+    assert all(len(groups) == 1 for c in with_kv for _, groups in c.plan.kv_heads)
     assert report.best.kl == min(c.kl for c in report.candidates)
     assert report.candidates[-1].plan.num_blocks == 0 < report.candidates[0].plan.num_blocks
     config = json.loads((tmp_path / "cut" / "config.json").read_text())

@@ -51,10 +51,23 @@ class Shape:
     dense_mlp_layers: tuple[int, ...] = ()
     # After an expert cut that is not uniform: each layer's experts (`experts` is then the largest).
     layer_experts: tuple[int, ...] = ()
+    # After a width cut that is not uniform: each layer's MLP channels and KV heads (the global fields
+    # are then the largest; query heads keep the global ratio to KV heads).
+    layer_intermediate: tuple[int, ...] = ()
+    layer_kv_heads: tuple[int, ...] = ()
 
     def experts_in(self, layer: int) -> int:
         """The experts of `layer`'s MoE block."""
         return self.layer_experts[layer] if self.layer_experts else self.experts
+
+    def intermediate_in(self, layer: int) -> int:
+        return self.layer_intermediate[layer] if self.layer_intermediate else self.intermediate
+
+    def kv_heads_in(self, layer: int) -> int:
+        return self.layer_kv_heads[layer] if self.layer_kv_heads else self.kv_heads
+
+    def heads_in(self, layer: int) -> int:
+        return self.kv_heads_in(layer) * (self.heads // self.kv_heads)
 
     @classmethod
     def from_config(cls, config) -> Shape:
@@ -92,8 +105,10 @@ class Shape:
     def with_layers(self, layers: int) -> Shape:
         """The same shape, `layers` deep (a bench that does not fit memory at full depth)."""
         dense = tuple(i for i in self.dense_mlp_layers if i < layers)
-        experts = self.layer_experts[:layers]
-        return Shape(**{**self.to_dict(), "layers": layers, "dense_mlp_layers": dense, "layer_experts": experts})
+        per_layer = {
+            name: getattr(self, name)[:layers] for name in ("layer_experts", "layer_intermediate", "layer_kv_heads")
+        }
+        return Shape(**{**self.to_dict(), "layers": layers, "dense_mlp_layers": dense, **per_layer})
 
     def config_fields(self) -> dict:
         """Keyword arguments for the family's config class (`Qwen3Config`, `Qwen3MoeConfig`)."""
@@ -104,17 +119,23 @@ class Shape:
             "mlp_only_layers": list(self.dense_mlp_layers),
             "head_dim": self.head_dim,
         } | ({"layer_num_experts": list(self.layer_experts)} if self.layer_experts else {})
-        return (moe if self.experts else {}) | {
-            "hidden_size": self.hidden,
-            "intermediate_size": self.intermediate,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "num_key_value_heads": self.kv_heads,
-            "head_dim": self.head_dim,
-            "vocab_size": self.vocab,
-            "tie_word_embeddings": self.tied,
-            "attention_bias": self.attention_bias,
-        }
+        widths = {"layer_intermediate_size": list(self.layer_intermediate)} if self.layer_intermediate else {}
+        widths |= {"layer_num_key_value_heads": list(self.layer_kv_heads)} if self.layer_kv_heads else {}
+        return (
+            (moe if self.experts else {})
+            | widths
+            | {
+                "hidden_size": self.hidden,
+                "intermediate_size": self.intermediate,
+                "num_hidden_layers": self.layers,
+                "num_attention_heads": self.heads,
+                "num_key_value_heads": self.kv_heads,
+                "head_dim": self.head_dim,
+                "vocab_size": self.vocab,
+                "tie_word_embeddings": self.tied,
+                "attention_bias": self.attention_bias,
+            }
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,13 +157,13 @@ def _expert_parameters(shape: Shape) -> int:
 def block_parameters(shape: Shape, layer: int = 0) -> dict[str, int]:
     """Parameters of layer `layer`'s attention block and MLP block, their norms included (a sparse MoE
     block: its router and every expert)."""
-    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    q, kv = shape.heads_in(layer) * shape.head_dim, shape.kv_heads_in(layer) * shape.head_dim
     bias = q + 2 * kv + shape.hidden if shape.attention_bias else 0  # q, k, v and o_proj biases
     attn = shape.hidden * q + 2 * shape.hidden * kv + q * shape.hidden + bias + 2 * shape.head_dim + shape.hidden
     if shape.is_sparse(layer):
         mlp = shape.experts_in(layer) * (_expert_parameters(shape) + shape.hidden) + shape.hidden
     else:
-        mlp = 3 * shape.hidden * shape.intermediate + shape.hidden
+        mlp = 3 * shape.hidden * shape.intermediate_in(layer) + shape.hidden
     return {"attn": attn, "mlp": mlp}
 
 
@@ -175,20 +196,23 @@ def parameter_count(shape: Shape, plan: Plan) -> int:
 
 def kv_bytes(shape: Shape, plan: Plan, batch: int, tokens: int, dtype_bytes: int) -> int:
     """Bytes of the KV cache holding `tokens` positions of `batch` sequences."""
-    attn, _ = kept_blocks(shape, plan)
-    return attn * 2 * batch * shape.kv_heads * shape.head_dim * tokens * dtype_bytes
+    attn, _ = _kept_layers(shape, plan)
+    return sum(2 * batch * shape.kv_heads_in(i) * shape.head_dim * tokens * dtype_bytes for i in attn)
 
 
 def prefill_flops_per_token(shape: Shape, plan: Plan, prompt_len: int) -> float:
-    attn, mlp_layers = kept_blocks(shape, plan)[0], _kept_layers(shape, plan)[1]
-    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    projections = 2 * (shape.hidden * q + 2 * shape.hidden * kv + q * shape.hidden)
-    # QK^T and AV: 2 FLOPs per multiply-add, 2 products, over (L + 1) / 2 keys on average.
-    attention = 2 * 2 * q * (prompt_len + 1) / 2
+    attn_layers, mlp_layers = _kept_layers(shape, plan)
+
+    def attention_flops(layer: int) -> float:
+        q, kv = shape.heads_in(layer) * shape.head_dim, shape.kv_heads_in(layer) * shape.head_dim
+        projections = 2 * (shape.hidden * q + 2 * shape.hidden * kv + q * shape.hidden)
+        # QK^T and AV: 2 FLOPs per multiply-add, 2 products, over (L + 1) / 2 keys on average.
+        return projections + 2 * 2 * q * (prompt_len + 1) / 2
+
     lm_head = 2 * shape.hidden * shape.vocab / prompt_len
     # A token runs a dense MLP's three projections, or a sparse block's router and k experts.
     mlp = sum(2 * (_active_mlp_parameters(shape, i, shape.experts_per_token) - shape.hidden) for i in mlp_layers)
-    return attn * (projections + attention) + mlp + lm_head
+    return sum(attention_flops(i) for i in attn_layers) + mlp + lm_head
 
 
 def decode_bytes_per_step(

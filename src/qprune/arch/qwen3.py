@@ -6,13 +6,21 @@
 A layer has two blocks, attention and MLP (`family.tensor_block` says which tensors each holds); a
 pruned block's output projection (`self_attn.o_proj`, `mlp.down_proj`) is what the stock-transformers
 oracle zeroes. Attention blocks of a sliding-window Qwen3 cannot be pruned (`family.no_sliding_window`).
+A checkpoint qprune wrote after a width cut that is not the same in every layer states each layer's
+MLP channels and KV heads (`layer_intermediate_size`, `layer_num_key_value_heads`; the global fields
+are then the largest); `layer_widths` is the one place that reads them.
 Plans, completeness checks, export and the vLLM model read this module through `family_of`; it
 imports nothing of qprune but `arch.family`, so it sits at the bottom of the package.
 """
 
 from __future__ import annotations
 
-from qprune.arch.family import Family
+from qprune.arch.family import Family, FieldKind, is_int
+
+# qprune's pruned format: each layer's width where a cut left them different (a layer whose block is
+# pruned whole states the global, largest value: it builds nothing).
+LAYER_FFN = "layer_intermediate_size"
+LAYER_KV_HEADS = "layer_num_key_value_heads"
 
 # Qwen3Config's defaults, for the fields a config.json may leave out.
 _DEFAULTS = {
@@ -35,21 +43,41 @@ def dense_mlp_tensors(prefix: str, hidden: int, inner: int) -> dict[str, tuple[i
     }
 
 
+def layer_widths(config: dict, family: Family | None = None) -> list[tuple[int, int, int]]:
+    """(MLP channels, KV heads, query heads) of every layer: the global fields (a null
+    `num_key_value_heads` means one per query head), unless `layer_intermediate_size` /
+    `layer_num_key_value_heads` say otherwise. Query heads per KV head stay the global ratio: a width
+    cut removes a KV head with the query heads that share it."""
+    family = family or QWEN3
+    heads = family.config_field(config, "num_attention_heads")
+    kv_heads = family.config_field(config, "num_key_value_heads") or heads
+    inner = family.config_field(config, "intermediate_size")
+    layers = range(config["num_hidden_layers"])
+    inners = config.get(LAYER_FFN) or [inner for _ in layers]
+    kvs = config.get(LAYER_KV_HEADS) or [kv_heads for _ in layers]
+    rep = heads // kv_heads
+    return [(inners[i], kvs[i], kvs[i] * rep) for i in layers]
+
+
+def head_dim_of(config: dict, family: Family | None = None) -> int:
+    family = family or QWEN3
+    heads = family.config_field(config, "num_attention_heads")
+    return family.config_field(config, "head_dim") or family.config_field(config, "hidden_size") // heads
+
+
 def decoder_tensors(config: dict, mlp_tensors, family: Family) -> dict[str, tuple[int, ...]]:
     """Every tensor of a dense Qwen3-style decoder with this (validated) config, with its shape (fields
     it leaves out: `family`'s defaults); each layer's feed-forward tensors come from
     `mlp_tensors(layer, hidden)`. lm_head is listed even when tied (a tied checkpoint may omit it)."""
     hidden, vocab = family.config_field(config, "hidden_size"), family.config_field(config, "vocab_size")
-    heads = family.config_field(config, "num_attention_heads")
-    kv_heads = family.config_field(config, "num_key_value_heads") or heads  # null means one per query head
-    head_dim = family.config_field(config, "head_dim") or hidden // heads
-    q_width, kv_width = heads * head_dim, kv_heads * head_dim
+    head_dim = head_dim_of(config, family)
     shapes = {
         "model.embed_tokens.weight": (vocab, hidden),
         "model.norm.weight": (hidden,),
         "lm_head.weight": (vocab, hidden),
     }
-    for i in range(config["num_hidden_layers"]):
+    for i, (_, kv_heads, heads) in enumerate(layer_widths(config, family)):
+        q_width, kv_width = heads * head_dim, kv_heads * head_dim
         attn = f"model.layers.{i}.self_attn"
         shapes |= {
             f"model.layers.{i}.input_layernorm.weight": (hidden,),
@@ -74,8 +102,35 @@ def decoder_tensors(config: dict, mlp_tensors, family: Family) -> dict[str, tupl
 
 def expected_tensors(config: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor of a dense Qwen3 with this (validated) config, with its shape."""
-    inner = QWEN3.config_field(config, "intermediate_size")
-    return decoder_tensors(config, lambda i, hidden: dense_mlp_tensors(f"model.layers.{i}.mlp", hidden, inner), QWEN3)
+    inners = [inner for inner, _, _ in layer_widths(config)]
+    return decoder_tensors(
+        config, lambda i, hidden: dense_mlp_tensors(f"model.layers.{i}.mlp", hidden, inners[i]), QWEN3
+    )
+
+
+def _widths(global_field: str):
+    def test(value: object, config: dict) -> bool:
+        top = config.get(global_field)
+        fits = not is_int(top) or all(v <= top for v in value)
+        return isinstance(value, list) and len(value) == config.get("num_hidden_layers") and fits
+
+    return FieldKind(
+        f"a list of one positive integer per layer, none above {global_field}",
+        lambda value, config: (
+            isinstance(value, list) and all(is_int(v) and v > 0 for v in value) and test(value, config)
+        ),
+    )
+
+
+_CONFIG_CHECKS = {LAYER_FFN: _widths("intermediate_size"), LAYER_KV_HEADS: _widths("num_key_value_heads")}
+
+
+def shape_fields(config: dict) -> dict:
+    """Each layer's widths for `cost.Shape`, where a cut left them different."""
+    if not (config.get(LAYER_FFN) or config.get(LAYER_KV_HEADS)):
+        return {}
+    widths = layer_widths(config)
+    return {"layer_intermediate": tuple(w[0] for w in widths), "layer_kv_heads": tuple(w[1] for w in widths)}
 
 
 # The dense Qwen3 family, from the released config.json files (all: head_dim 128, vocab 151,936).
@@ -96,6 +151,8 @@ QWEN3 = Family(
     output_projections={"attn": ("self_attn.o_proj",), "mlp": ("mlp.down_proj",)},
     expected_tensors=expected_tensors,
     config_defaults=_DEFAULTS,
+    config_checks=_CONFIG_CHECKS,
+    shape_fields=shape_fields,
     bench_shapes={
         "qwen3-0.6b": _shape(1024, 3072, 28, 16, tied=True),
         "qwen3-1.7b": _shape(2048, 6144, 28, 16, tied=True),

@@ -163,13 +163,9 @@ def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
         counts = kept_counts(student_config, Plan())
         student_shape["experts"] = max((n + len(removed.get(i, ())) for i, n in counts.items()), default=0)
         student_shape["layer_experts"] = ()  # its base had one count in every layer
-    width = recorded_width(student_config)  # a width cut: its base was that much wider in every layer
+    width = recorded_width(student_config)  # a width cut: each layer of its base was that much wider
     if width.has_width:
-        rep = student_shape["heads"] // student_shape["kv_heads"]
-        groups = len(width.kv_heads[0][1]) if width.kv_heads else 0
-        student_shape["intermediate"] += len(width.ffn[0][1]) if width.ffn else 0
-        student_shape["kv_heads"] += groups
-        student_shape["heads"] += groups * rep
+        student_shape |= _base_widths(student_config, width)
     for field_name, teacher_value in teacher_shape.to_dict().items():
         if teacher_value != student_shape[field_name]:
             label = _SHAPE_FIELDS.get(field_name, field_name)
@@ -185,6 +181,28 @@ def check_teacher(student: Checkpoint, teacher: Checkpoint, name: str) -> None:
     student_plan, teacher_plan = Plan.from_config(student_config), Plan.from_config(teacher_config)
     if not (set(teacher_plan.attn) <= set(student_plan.attn) and set(teacher_plan.mlp) <= set(student_plan.mlp)):
         raise QpruneError(f"the base {name} prunes blocks the student keeps ({teacher_plan}): it cannot teach them")
+
+
+def _base_widths(config: dict, width) -> dict:
+    """The `cost.Shape` width fields of the model a width cut came from: each layer that runs, its
+    width plus what the cut removed there (`width`, the recorded lists). Where those differ between
+    layers the base was not one stock model, and the first layer's stands (any teacher then differs)."""
+    from qprune.arch.qwen3 import layer_widths
+    from qprune.io.width import kept_widths
+
+    channels, groups = kept_widths(config)
+    ffn, kv = dict(width.ffn), dict(width.kv_heads)
+    inner = [n + len(ffn.get(i, ())) for i, n in channels.items()] or [layer_widths(config)[0][0]]
+    kv_heads = [n + len(kv.get(i, ())) for i, n in groups.items()] or [layer_widths(config)[0][1]]
+    _, kv_top, heads_top = layer_widths(config)[0]
+    rep = heads_top // kv_top
+    return {
+        "intermediate": inner[0],
+        "kv_heads": kv_heads[0],
+        "heads": kv_heads[0] * rep,
+        "layer_intermediate": () if len(set(inner)) == 1 else tuple(inner),
+        "layer_kv_heads": () if len(set(kv_heads)) == 1 else tuple(kv_heads),
+    }
 
 
 def _same_vocabulary(student: Checkpoint, teacher: Checkpoint) -> bool:

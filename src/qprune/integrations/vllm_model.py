@@ -3,7 +3,8 @@
 vLLM imports this module when a checkpoint's config names `PrunedQwen3ForCausalLM` or
 `PrunedQwen3MoeForCausalLM` (see `vllm_plugin.py`). A pruned attention block has no `Attention`
 module, so vLLM allocates no KV cache for it and serves more sequences in the same memory; a pruned
-MLP block has no MLP. Everything kept is
+MLP block has no MLP. A width cut that differs between layers builds each layer at its own sizes
+(`widths_of`), and each attention layer's KV cache holds its own KV heads. Everything kept is
 vLLM's code (`Qwen3Attention`, `Qwen3MLP`, `RMSNorm`; for Qwen3-MoE its attention, its fused-MoE
 block and its dense MLP), so tensor parallelism, quantization and the attention backends apply as for a
 stock model.
@@ -84,12 +85,13 @@ class PrunedQwen3DecoderLayer(_SkippingLayer):
         layer = extract_layer_index(prefix)
         set_default_rope_theta(config, default_theta=1000000)
         self.self_attn = self.input_layernorm = self.mlp = self.post_attention_layernorm = None
+        sizes = config.widths_of(layer)  # a width cut may leave this layer narrower than others
         if layer not in config.pruned_attn_layers:
             _check_attention(config)
             self.self_attn = Qwen3Attention(
                 hidden_size=config.hidden_size,
-                num_heads=config.num_attention_heads,
-                num_kv_heads=config.num_key_value_heads,
+                num_heads=sizes["num_attention_heads"],
+                num_kv_heads=sizes["num_key_value_heads"],
                 rope_parameters=config.rope_parameters,
                 max_position=config.max_position_embeddings,
                 head_dim=getattr(config, "head_dim", None),
@@ -104,7 +106,7 @@ class PrunedQwen3DecoderLayer(_SkippingLayer):
         if layer not in config.pruned_mlp_layers:
             self.mlp = Qwen3MLP(
                 hidden_size=config.hidden_size,
-                intermediate_size=config.intermediate_size,
+                intermediate_size=sizes["intermediate_size"],
                 hidden_act=config.hidden_act,
                 quant_config=quant_config,
                 prefix=f"{prefix}.mlp",

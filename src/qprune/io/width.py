@@ -4,6 +4,7 @@ a cut against its base with them).
 
     plan = Plan(ffn={i: (...) for i in range(28)}, kv_heads={i: (3,) for i in range(28)})
     check_width(checkpoint.config, plan, "SRC")   # ranges, one channel and one group kept, no pruned block
+    is_uniform_width(checkpoint.config, plan)     # the same sizes in every layer that runs: a stock Qwen3
     config = width_config(checkpoint.config, plan)  # smaller sizes, qprune_pruned_width recorded
     entries = width_tensors(checkpoint, plan)       # the kept rows and columns, sliced in order
 
@@ -13,8 +14,10 @@ Slicing those columns, and the rows of `gate_proj` / `up_proj` and of `q_proj` (
 `k_proj`, `v_proj` (and their biases), gives a stock Qwen3 with smaller `intermediate_size`,
 `num_key_value_heads` and `num_attention_heads` (`head_dim` explicit) that computes exactly that.
 So a cut that removes the same numbers in every layer is a stock checkpoint any engine runs at full
-speed. Its config records the source's index of every removed channel and group per layer
-(`qprune_pruned_width`), for provenance and for `verify`'s oracle.
+speed. Different numbers per layer (or blocks pruned as well) give qprune's pruned format, whose
+config states each layer's sizes (`arch.qwen3.layer_widths`). Either config records the source's index
+of every removed channel and group per layer (`qprune_pruned_width`), for provenance and for `verify`'s
+oracle.
 
 Headers only, like `prune`: rows are copied byte ranges; columns are read a block of rows at a time.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import re
 
 from qprune.arch import family_of
-from qprune.arch.qwen3 import QWEN3
+from qprune.arch.qwen3 import LAYER_FFN, LAYER_KV_HEADS, QWEN3, head_dim_of, layer_widths
 from qprune.errors import QpruneError
 from qprune.io.safetensors import TensorEntry
 from qprune.io.source import Checkpoint
@@ -45,27 +48,25 @@ def recorded_width(config: dict) -> Plan:
     return Plan(ffn=lists["ffn"], kv_heads=lists["kv_heads"])
 
 
-def _sizes(config: dict) -> tuple[int, int, int]:
-    """(MLP channels, KV groups, query heads per group) of every layer."""
-    heads = QWEN3.config_field(config, "num_attention_heads")
-    groups = QWEN3.config_field(config, "num_key_value_heads") or heads
-    return QWEN3.config_field(config, "intermediate_size"), groups, heads // groups
+def _sizes(config: dict) -> list[tuple[int, int, int]]:
+    """(MLP channels, KV groups, query heads per group) of each layer."""
+    return [(inner, groups, heads // groups) for inner, groups, heads in layer_widths(config)]
 
 
 def check_width(config: dict, plan: Plan, where: str) -> None:
     """Refuse a width plan this checkpoint cannot take: not a dense Qwen3, an index out of range, no
-    channel or group left in a layer, a layer whose block is pruned, experts, or (not written yet) a
-    cut that is not the same in every layer whose block remains."""
+    channel or group left in a layer, a layer whose block is pruned, or experts."""
     family = family_of(config)
     if family is not QWEN3:
         raise QpruneError(f"{{ffn}} / {{kv_heads}}: {where} is a {family.title}; width cuts are a dense Qwen3's")
-    channels, groups, _ = _sizes(config)
+    sizes = _sizes(config)
     source_plan = Plan.from_config(config)
-    for field, size, blocks, what in (
-        ("ffn", channels, set(plan.mlp) | set(source_plan.mlp), "MLP channels"),
-        ("kv_heads", groups, set(plan.attn) | set(source_plan.attn), "KV groups"),
+    for field, blocks, what in (
+        ("ffn", set(plan.mlp) | set(source_plan.mlp), "MLP channels"),
+        ("kv_heads", set(plan.attn) | set(source_plan.attn), "KV groups"),
     ):
         for layer, indices in getattr(plan, field):
+            size = sizes[layer][0 if field == "ffn" else 1]
             if layer in blocks:
                 block = "MLP" if field == "ffn" else "attention"
                 raise QpruneError(f"{{{field}}}: layer {layer}'s {block} block is pruned whole; it takes no list")
@@ -73,32 +74,46 @@ def check_width(config: dict, plan: Plan, where: str) -> None:
                 raise QpruneError(f"{{{field}}}: layer {layer} has {what} 0..{size - 1}, not {indices[-1]}")
             if len(indices) >= size:
                 raise QpruneError(f"{{{field}}}: layer {layer} would keep none of its {size} {what}; keep at least one")
-    layers = range(config["num_hidden_layers"])
-    for field, what, blocks in (
-        ("ffn", "MLP channels", set(plan.mlp) | set(source_plan.mlp)),
-        ("kv_heads", "KV groups", set(plan.attn) | set(source_plan.attn)),
-    ):
-        lists = dict(getattr(plan, field))
-        if len({len(lists.get(i, ())) for i in layers if i not in blocks}) > 1:
-            raise QpruneError(
-                f"{{{field}}}: remove the same number of {what} from every layer whose block remains (a uniform "
-                "cut); different counts per layer are not written yet"
-            )
+
+
+def kept_widths(config: dict, plan: Plan = Plan()) -> tuple[dict[int, int], dict[int, int]]:
+    """({layer whose MLP runs: its channels}, {layer whose attention runs: its KV groups}) after `plan`."""
+    total = Plan.from_config(config).union(Plan(plan.attn, plan.mlp))
+    ffn, kv = dict(plan.ffn), dict(plan.kv_heads)
+    channels, groups = {}, {}
+    for layer, (inner, group_count, _) in enumerate(_sizes(config)):
+        if layer not in total.mlp:
+            channels[layer] = inner - len(ffn.get(layer, ()))
+        if layer not in total.attn:
+            groups[layer] = group_count - len(kv.get(layer, ()))
+    return channels, groups
+
+
+def is_uniform_width(config: dict, plan: Plan = Plan()) -> bool:
+    """Whether every MLP that runs after `plan` has the same channels, and every attention block the
+    same KV groups: only then can the result be a stock Qwen3."""
+    channels, groups = kept_widths(config, plan)
+    return len(set(channels.values())) <= 1 and len(set(groups.values())) <= 1
 
 
 def width_config(config: dict, plan: Plan) -> dict:
-    """The source's config.json after a uniform width cut: the smaller sizes (`head_dim` explicit) and
-    the record of what went, in the numbering of the model the source was cut from (a source cut
-    before keeps its record, extended)."""
-    channels, groups, rep = _sizes(config)
+    """The source's config.json after a width cut: the sizes (the same in every layer, or, where they
+    differ, `layer_intermediate_size` / `layer_num_key_value_heads` per layer with the global fields
+    the largest; `head_dim` explicit), and the record of what went, in the numbering of the model the
+    source was cut from (a source cut before keeps its record, extended)."""
+    sizes = _sizes(config)
+    rep = sizes[0][2]
     ffn, kv = dict(plan.ffn), dict(plan.kv_heads)
-    lost_channels, lost_groups = len(next(iter(ffn.values()), ())), len(next(iter(kv.values()), ()))
+    after = [(inner - len(ffn.get(i, ())), groups - len(kv.get(i, ()))) for i, (inner, groups, _) in enumerate(sizes)]
+    channels, groups = kept_widths(config, plan)
+    top_channels = max(channels.values(), default=max(a for a, _ in after))
+    top_groups = max(groups.values(), default=max(g for _, g in after))
     earlier = recorded_width(config)
     record = {}
     for field, plan_lists, before in (("ffn", ffn, dict(earlier.ffn)), ("kv_heads", kv, dict(earlier.kv_heads))):
-        size = channels if field == "ffn" else groups
         merged = {}
-        for layer in range(config["num_hidden_layers"]):
+        for layer, layer_sizes in enumerate(sizes):
+            size = layer_sizes[0 if field == "ffn" else 1]
             gone_before = set(before.get(layer, ()))
             surviving = [i for i in range(size + len(gone_before)) if i not in gone_before]
             gone = gone_before | {surviving[i] for i in plan_lists.get(layer, ())}
@@ -106,21 +121,41 @@ def width_config(config: dict, plan: Plan) -> dict:
                 merged[str(layer)] = sorted(gone)
         if merged:
             record[field] = merged
-    head_dim = QWEN3.config_field(config, "head_dim") or config["hidden_size"] // (groups * rep)
-    return config | {
-        "intermediate_size": channels - lost_channels,
-        "num_key_value_heads": groups - lost_groups,
-        "num_attention_heads": (groups - lost_groups) * rep,
-        "head_dim": head_dim,
+    out = {k: v for k, v in config.items() if k not in (LAYER_FFN, LAYER_KV_HEADS)} | {
+        "intermediate_size": top_channels,
+        "num_key_value_heads": top_groups,
+        "num_attention_heads": top_groups * rep,
+        "head_dim": head_dim_of(config),
         WIDTH_RECORD: record,
     }
+    if not is_uniform_width(config, plan):
+        # a layer whose block is pruned whole states the largest size: it builds nothing
+        out[LAYER_FFN] = [channels.get(i, top_channels) for i in range(len(sizes))]
+        out[LAYER_KV_HEADS] = [groups.get(i, top_groups) for i in range(len(sizes))]
+    return out
+
+
+def as_uniform_width(config: dict, where: str) -> dict:
+    """The config with one width for every layer (the per-layer lists dropped), as a stock Qwen3 states
+    it; an error when the blocks that run have different widths."""
+    if not (config.get(LAYER_FFN) or config.get(LAYER_KV_HEADS)):
+        return config
+    if not is_uniform_width(config):
+        channels, groups = kept_widths(config)
+        sizes = [(what, set(values.values())) for what, values in (("MLP channels", channels), ("KV heads", groups))]
+        what, values = next((what, values) for what, values in sizes if len(values) > 1)
+        raise QpruneError(
+            f"{where} has {min(values)} to {max(values)} {what} in different layers; a stock Qwen3 has one width for "
+            "all (serve it as it is: transformers, qprune.load and the vLLM plugin run it)"
+        )
+    return width_config(config, Plan())
 
 
 def width_tensors(checkpoint: Checkpoint, plan: Plan) -> list[TensorEntry]:
     """The source's tensors with the removed channels' and groups' rows and columns left out."""
     config = checkpoint.config
-    channels, groups, rep = _sizes(config)
-    head_dim = QWEN3.config_field(config, "head_dim") or config["hidden_size"] // (groups * rep)
+    sizes = _sizes(config)
+    head_dim = head_dim_of(config)
     ffn, kv = dict(plan.ffn), dict(plan.kv_heads)
     entries = []
     for name, entry in checkpoint.tensors.items():
@@ -129,6 +164,7 @@ def width_tensors(checkpoint: Checkpoint, plan: Plan) -> list[TensorEntry]:
             entries.append(entry)
             continue
         layer, block, module = int(match.group(1)), match.group(2), match.group(3)
+        channels, groups, rep = sizes[layer]
         if module in ("down_proj", "o_proj") and match.group(4) == "bias":
             entries.append(entry)  # an output projection's bias is as wide as the residual stream
         elif block == "mlp" and layer in ffn:

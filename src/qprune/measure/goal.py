@@ -126,12 +126,14 @@ class ExpertTarget:
 
 
 WIDTH_METRICS = ("activation", "output", "kl")
+WIDTH_ALLOCATIONS = ("uniform", "nonuniform", "joint")
 
 
 @dataclass(frozen=True)
 class WidthTarget:
     """Remove the `ffn_ratio` share of every layer's MLP channels and the `kv_head_ratio` share of its
     KV groups, those lowest by `width_metric` (`measure.width`): a uniform cut, written as a stock Qwen3.
+    With `width_allocation="nonuniform"`, the same totals with counts free per layer (qprune's format).
     Or, with `width_allocation="joint"`, blocks and MLP channels within `param_ratio` of the decoder's
     parameters, the split chosen by a search (`ops.depth_width`)."""
 
@@ -153,9 +155,10 @@ class WidthTarget:
     )
     width_allocation: str = setting(
         "uniform",
-        "uniform (with --ffn-ratio / --kv-head-ratio), or joint with --param-ratio: the search splits one budget "
-        "between blocks and MLP channels (dense Qwen3).",
-        metavar="uniform|joint",
+        "uniform (with --ffn-ratio / --kv-head-ratio: a stock Qwen3), nonuniform (the same totals, counts free per "
+        "layer: qprune's format), or joint with --param-ratio: the search splits one budget between blocks and MLP "
+        "channels (dense Qwen3).",
+        metavar="uniform|nonuniform|joint",
     )
     param_ratio: float | None = None  # joint only: `Target.param_ratio` (the command line's --param-ratio)
 
@@ -166,8 +169,8 @@ class WidthTarget:
     def __post_init__(self) -> None:
         if self.width_metric not in WIDTH_METRICS:
             raise QpruneError(f"{{width_metric}} {self.width_metric}: choose {' or '.join(WIDTH_METRICS)}")
-        if self.width_allocation not in ("uniform", "joint"):
-            raise QpruneError(f"{{width_allocation}} {self.width_allocation}: choose uniform or joint")
+        if self.width_allocation not in WIDTH_ALLOCATIONS:
+            raise QpruneError(f"{{width_allocation}} {self.width_allocation}: choose {' or '.join(WIDTH_ALLOCATIONS)}")
         if self.joint:
             if self.param_ratio is None or self.ffn_ratio is not None or self.kv_head_ratio is not None:
                 raise QpruneError("{width_allocation} joint takes {param_ratio}, not {ffn_ratio} or {kv_head_ratio}")

@@ -199,9 +199,13 @@ def self_oracle(checkpoint: str | Path | Checkpoint):
     every tensor of a pruned block zero-filled: the oracle for any checkpoint, healed ones included
     (whose weights no longer equal the base's), and for checkpoints verified without `--base`. It is
     loaded by transformers from a temporary stock checkpoint, so each version converts the tensors
-    its own way (5.x fuses MoE experts). A Qwen3-MoE with fewer experts in some layers than others
-    (`layer_num_experts`) is held with the largest count everywhere: a layer's extra experts are zeros
-    whose router logits are -inf, which is what lacking them computes."""
+    its own way (5.x fuses MoE experts).
+
+    A checkpoint whose layers differ in size (`layer_num_experts`, `layer_intermediate_size`,
+    `layer_num_key_value_heads`) is held at the largest size in every layer, its own tensors in the
+    leading rows and columns and zeros after them: zero MLP channels and zero KV heads add nothing,
+    and the experts a layer lacks are zeros whose router logits are -inf, which is what lacking them
+    computes."""
     import tempfile
 
     import torch
@@ -213,28 +217,28 @@ def self_oracle(checkpoint: str | Path | Checkpoint):
     config, plan = checkpoint.config, checkpoint.plan
     layers = list(range(config["num_hidden_layers"]))
     short = _short_layers(config, plan)
-    if short:
-        from qprune.arch.qwen3_moe import LAYER_EXPERTS
-
-        config = {k: v for k, v in config.items() if k != LAYER_EXPERTS}
-    entries = stock_tensors(checkpoint, layers, plan, config)
-    if short:
-        entries = _with_absent_experts(entries, config, short)
+    config = {k: v for k, v in config.items() if k not in _PER_LAYER_SIZES}
+    entries, narrow = _padded(stock_tensors(checkpoint, layers, plan, config), config)
     _, stock_class = family_of(config).stock_classes()
     with tempfile.TemporaryDirectory(prefix="qprune-oracle-") as tmp:
         write_shards(entries, Path(tmp), max_shard_size=2**62)
         (Path(tmp) / "config.json").write_text(json.dumps(stock_config(config, layers)))
         oracle = stock_class.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True)
-    if short:
+    if narrow:
         from safetensors import safe_open
 
         with torch.no_grad():
-            for layer, count in short.items():
-                name = f"model.layers.{layer}.mlp.gate.weight"
-                with safe_open(checkpoint.tensors[name].file, "pt") as f:
-                    oracle.model.layers[layer].mlp.gate.weight[:count] = f.get_tensor(name)
+            for entry in narrow:
+                with safe_open(entry.file, "pt") as f:
+                    small = f.get_tensor(entry.name)
+                oracle.get_parameter(entry.name)[tuple(slice(0, n) for n in small.shape)] = small
+    if short:
         mask_experts(oracle, {layer: tuple(range(count, oracle.config.num_experts)) for layer, count in short.items()})
     return oracle.eval()
+
+
+# qprune's per-layer sizes (arch/): the self-oracle states none of them, holding every layer at the largest.
+_PER_LAYER_SIZES = ("layer_num_experts", "layer_intermediate_size", "layer_num_key_value_heads")
 
 
 def _short_layers(config: dict, plan: Plan) -> dict[int, int]:
@@ -249,23 +253,25 @@ def _short_layers(config: dict, plan: Plan) -> dict[int, int]:
     return {layer: n for layer, n in kept_counts(config, plan).items() if n < num_experts(config)}
 
 
-def _with_absent_experts(entries: list, config: dict, short: dict[int, int]) -> list:
-    """The stock tensors with every layer at `num_experts`: the experts a short layer lacks as zeros,
-    and its router as zeros (its own rows are copied in once loaded)."""
+def _padded(entries: list, config: dict) -> tuple[list, list]:
+    """The stock tensors at the sizes `config` (no per-layer sizes) states: a layer's tensor that is
+    smaller there is written as zeros and returned in the second list (its values go into the leading
+    rows and columns once loaded); a layer's tensor the checkpoint lacks (an absent expert) as zeros."""
     from qprune.io.safetensors import TensorEntry
 
     by_name = {entry.name: entry for entry in entries}
     dtype = by_name["model.embed_tokens.weight"].dtype
-    out = []
+    out, narrow = [], []
     for name, shape in family_of(config).expected_tensors(config).items():
-        layer = family_of(config).tensor_block(name)
-        if layer is not None and layer[0] in short and ".mlp." in name and name not in by_name:
-            out.append(TensorEntry.zeros(name, dtype, shape))  # an absent expert
-        elif name.endswith("mlp.gate.weight") and layer[0] in short:
-            out.append(TensorEntry.zeros(name, by_name[name].dtype, shape))
-        elif name in by_name:
-            out.append(by_name[name])
-    return out
+        entry = by_name.get(name)
+        if entry is not None and tuple(entry.shape) != tuple(shape):
+            out.append(TensorEntry.zeros(name, entry.dtype, shape))
+            narrow.append(entry)
+        elif entry is not None:
+            out.append(entry)
+        elif name.startswith("model.layers."):
+            out.append(TensorEntry.zeros(name, dtype, shape))  # an expert the layer lacks
+    return out, narrow
 
 
 def quantized_tolerance(device_type: str) -> float:

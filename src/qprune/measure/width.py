@@ -1,10 +1,11 @@
 """Width importance of a dense Qwen3: how much each MLP channel and each KV group (with the query heads
-that share it) of each layer matters on calibration data, and the uniform width cut it suggests. It
-measures; `ops.auto.auto_prune` (given a `WidthTarget`) writes the cut.
+that share it) of each layer matters on calibration data, and the width cut it suggests (uniform, or
+with counts free per layer). It measures; `ops.auto.auto_prune` (given a `WidthTarget`) writes the cut.
 
     importance = width_importance(model, batch)                   # one pass, hooks on down_proj / o_proj
     importance.scores["ffn"]["activation"][layer][j]               # lower = safer to remove
     plan = importance.plan(ffn_ratio=0.25, kv_head_ratio=0.0)      # Plan(ffn=..., kv_heads=...)
+    plan = importance.plan(ffn_ratio=0.25, allocation="nonuniform")  # the same total, counts free per layer
 
 Measures, from one forward pass (hooks on the input of `mlp.down_proj` and of `self_attn.o_proj`):
 - `activation` (NVIDIA Minitron's criterion, as Model-Optimizer ranks neurons and heads): an MLP
@@ -26,7 +27,7 @@ import torch
 
 from qprune.errors import QpruneError
 from qprune.measure.engine import engine_of
-from qprune.measure.goal import width_count
+from qprune.measure.goal import WIDTH_ALLOCATIONS, width_count
 from qprune.plan import Plan
 
 _TOKENS_AT_ONCE = 2048
@@ -34,26 +35,40 @@ _TOKENS_AT_ONCE = 2048
 
 @dataclass
 class WidthImportance:
-    channels: int  # MLP channels per layer
-    groups: int  # KV groups per layer
+    channels: int  # MLP channels per layer (the largest, where a cut left layers unequal)
+    groups: int  # KV groups per layer (likewise)
     scores: dict[str, dict[str, dict[int, list[float]]]]  # "ffn" | "kv_heads" -> metric -> layer -> scores
     tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
-    def plan(self, ffn_ratio: float = 0.0, kv_head_ratio: float = 0.0, metric: str = "activation") -> Plan:
-        """Remove the `ffn_ratio` share of every layer's MLP channels and the `kv_head_ratio` share of its
-        KV groups, those lowest by `metric` (rounded to whole units; at least one kept)."""
+    def plan(
+        self,
+        ffn_ratio: float = 0.0,
+        kv_head_ratio: float = 0.0,
+        metric: str = "activation",
+        allocation: str = "uniform",
+    ) -> Plan:
+        """Remove the `ffn_ratio` share of the MLP channels and the `kv_head_ratio` share of the KV groups,
+        those lowest by `metric`: of every layer's (`uniform`, rounded to whole units, at least one
+        removed and one kept), or the same total across layers with counts free per layer
+        (`nonuniform`: each score as a share of its layer's total, KL as it is; one unit kept per layer)."""
+        if allocation not in WIDTH_ALLOCATIONS[:2]:
+            raise QpruneError(f"{{width_allocation}} {allocation}: choose uniform or nonuniform")
         lists = {}
-        for unit, ratio, size in (("ffn", ffn_ratio, self.channels), ("kv_heads", kv_head_ratio, self.groups)):
+        for unit, ratio in (("ffn", ffn_ratio), ("kv_heads", kv_head_ratio)):
             if not ratio:
                 continue
             by_metric = self.scores[unit]
             if metric not in by_metric:
                 raise QpruneError(f"{{width_metric}} {metric}: choose {' or '.join(by_metric)} for {unit}")
-            count = width_count(ratio, size, unit)
+            layers = by_metric[metric]
+            take = {layer: width_count(ratio, len(values), unit) for layer, values in layers.items()}
+            if allocation == "nonuniform":
+                take = _free_counts(layers, sum(take.values()), scaled=metric != "kl")
             lists[unit] = {
-                layer: tuple(sorted(sorted(range(size), key=lambda j: (values[j], j))[:count]))
-                for layer, values in by_metric[metric].items()
+                layer: tuple(sorted(sorted(range(len(values)), key=lambda j: (values[j], j))[: take[layer]]))
+                for layer, values in layers.items()
+                if take[layer]
             }
         return Plan(ffn=lists.get("ffn", {}), kv_heads=lists.get("kv_heads", {}))
 
@@ -84,6 +99,22 @@ class WidthImportance:
         }
 
 
+def _free_counts(layers: dict[int, list[float]], total: int, scaled: bool) -> dict[int, int]:
+    """How many units each layer loses when the `total` lowest across layers go (scores as a share of
+    their layer's total where `scaled`), each layer keeping at least one."""
+    ranked = []
+    for layer, values in layers.items():
+        scale = (sum(values) or 1.0) if scaled else 1.0
+        ranked += [(value / scale, layer, j) for j, value in enumerate(values)]
+    take = dict.fromkeys(layers, 0)
+    for _, layer, _ in sorted(ranked):
+        if sum(take.values()) == total:
+            break
+        if take[layer] < len(layers[layer]) - 1:
+            take[layer] += 1
+    return take
+
+
 def _geometry(config) -> tuple[int, int, int]:
     heads = config.num_attention_heads
     groups = config.num_key_value_heads or heads
@@ -104,14 +135,15 @@ def width_importance(model, batch: torch.Tensor, progress=None, kl: bool = False
         raise QpruneError("width importance is a dense Qwen3's: this is a Qwen3-MoE (score its experts instead)")
     if kl and not engine.whole:
         raise QpruneError("{width_metric} kl replays the model per KV group in memory: drop {max_memory}")
-    groups, rep, head_dim = _geometry(config)
-    channels = config.intermediate_size
+    groups, rep, head_dim = _geometry(config)  # the largest; a layer of a cut model may have fewer
     layers = list(enumerate(skeleton.model.layers))
     ffn = {
-        i: [torch.zeros(channels, dtype=torch.float64) for _ in range(2)] for i, layer in layers if not layer.prune_mlp
+        i: [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for _ in range(2)]
+        for i, layer in layers
+        if not layer.prune_mlp
     }
     attn = {
-        i: [torch.zeros(groups, dtype=torch.float64) for _ in range(2)]
+        i: [torch.zeros(layer.self_attn.o_proj.in_features // (rep * head_dim), dtype=torch.float64) for _ in range(2)]
         for i, layer in layers
         if not layer.prune_self_attn
     }
@@ -127,9 +159,9 @@ def width_importance(model, batch: torch.Tensor, progress=None, kl: bool = False
 
     def o_hook(i: int):
         def record(module, args) -> None:
-            x = args[0].reshape(-1, groups, rep * head_dim).float()
+            x = args[0].reshape(-1, len(attn[i][0]), rep * head_dim).float()
             attn[i][0] += torch.linalg.vector_norm(x, dim=-1).sum(dim=0).double().cpu()
-            weight = module.weight.float().reshape(module.weight.shape[0], groups, rep * head_dim)
+            weight = module.weight.float().reshape(module.weight.shape[0], len(attn[i][0]), rep * head_dim)
             out = torch.einsum("tgk,hgk->tgh", x, weight)  # each group's share of the o_proj output
             attn[i][1] += torch.linalg.vector_norm(out, dim=-1).sum(dim=0).double().cpu()
 
@@ -161,7 +193,7 @@ def width_importance(model, batch: torch.Tensor, progress=None, kl: bool = False
     if kl:
         scores["kv_heads"]["kl"] = kv_group_kl(model, batch, progress)
         timings["kl"] = time.perf_counter() - start - timings["importance"]
-    return WidthImportance(channels, groups, scores, tokens, timings)
+    return WidthImportance(config.intermediate_size, groups, scores, tokens, timings)
 
 
 def kv_group_kl(model, batch: torch.Tensor, progress=None) -> dict[int, list[float]]:
@@ -169,9 +201,10 @@ def kv_group_kl(model, batch: torch.Tensor, progress=None) -> dict[int, list[flo
     removed (its query heads' `o_proj` columns zeroed)}, replayed from the layer's attention block."""
     from qprune.measure.ablation import BlockRunner, TokenStats, reference_logprobs, token_stats
 
-    groups, rep, head_dim = _geometry(model.config)
+    _, rep, head_dim = _geometry(model.config)
     layers = [i for i, layer in enumerate(model.model.layers) if not layer.prune_self_attn]
-    stats = {i: [TokenStats() for _ in range(groups)] for i in layers}
+    groups = {i: model.model.layers[i].self_attn.o_proj.in_features // (rep * head_dim) for i in layers}
+    stats = {i: [TokenStats() for _ in range(groups[i])] for i in layers}
     with BlockRunner(model, batch, kl=True) as runner, torch.inference_mode():
         work = [(path, i) for path in runner.paths for i in layers]
         for path, i in progress(work, "KV group KL (micro-batches x layers)") if progress else work:

@@ -8,11 +8,15 @@ their Linears are `PrunedLinear` placeholders that quantizers pass by), so a mod
 checkpoint spends no memory on them. Flipping the flags on a model that holds every weight computes
 the pruned function without removing anything (scan and verify rely on that). The mechanics (flags,
 compact KV-cache slots, loading that refuses a missing kept tensor) live in `pruned_blocks.py`.
+After a width cut that differs between layers, each layer is built at its own sizes
+(`config.widths_of(layer)`): nothing of a removed MLP channel or KV head is stored or allocated.
 
 This file is copied into every pruned checkpoint and must import nothing but torch and transformers.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import (
@@ -48,8 +52,24 @@ class PrunedQwen3DecoderLayer(PrunableLayerMixin, Qwen3DecoderLayer):
     """A full `Qwen3DecoderLayer` whose attention and MLP blocks can each be skipped."""
 
     def __init__(self, config: PrunedQwen3Config, layer_idx: int) -> None:
-        super().__init__(config, layer_idx)
+        with widths_as(config, config.widths_of(layer_idx)):
+            super().__init__(config, layer_idx)
         self.init_pruning(config, layer_idx)
+
+
+@contextlib.contextmanager
+def widths_as(config, sizes: dict[str, int]):
+    """The config reads `sizes` (`intermediate_size`, `num_key_value_heads`, `num_attention_heads`)
+    while a layer is built: stock modules size their projections from them at construction and keep
+    their own head counts (the forward infers them from shapes), in transformers 4.x, 5.x and vLLM."""
+    saved = {name: getattr(config, name) for name in sizes}
+    for name, value in sizes.items():
+        setattr(config, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
 
 
 class PrunedQwen3PreTrainedModel(PrunedInitMixin, Qwen3PreTrainedModel):

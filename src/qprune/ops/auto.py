@@ -88,7 +88,8 @@ def auto_prune(
         )
     if isinstance(target, WidthTarget):
         found, report = _score_width(model, batch, target, progress), None
-        plan = found.plan(target.ffn_ratio or 0.0, target.kv_head_ratio or 0.0, target.width_metric)
+        ratios = (target.ffn_ratio or 0.0, target.kv_head_ratio or 0.0)
+        plan = found.plan(*ratios, target.width_metric, target.width_allocation)
     elif experts:
         found, report = _score_experts(model, batch, target, progress), None
         if target.joint:

@@ -34,6 +34,7 @@ from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.io.stock import stock_config, stock_tensors
+from qprune.io.width import as_uniform_width
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, inherited_files
 from qprune.plan import Plan
 from qprune.words import format_layers, human_bytes
@@ -89,7 +90,8 @@ def export(
         raise QpruneError(f"{source} holds pre-quantized weights; export the unquantized checkpoint")
     if config.get("use_sliding_window"):
         raise QpruneError(f"{source} is a sliding-window {family.title}; exporting it is not supported")
-    config = as_uniform(config, source)  # a non-uniform expert cut has no stock form: one line says so
+    # A cut that left different expert counts or widths in different layers has no stock form: one line says so.
+    config = as_uniform_width(as_uniform(config, source), source)
     plan, num_layers = checkpoint.plan, config["num_hidden_layers"]
     removed = tuple(sorted(set(plan.attn) & set(plan.mlp)))
     if len(removed) == num_layers:

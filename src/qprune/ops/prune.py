@@ -26,7 +26,7 @@ from qprune.io.output import atomic_output, check_output
 from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.io.stock import stock_config
-from qprune.io.width import check_width, width_config, width_tensors
+from qprune.io.width import check_width, is_uniform_width, width_config, width_tensors
 from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
@@ -62,7 +62,7 @@ class PruneResult:
     bytes_after: int
     left_out: tuple[str, ...] = ()  # files of the source that do not belong in a model directory
     model_type: str = "qwen3"  # the stock family's
-    stock: bool = False  # written as a stock checkpoint (a uniform expert cut and no block pruned)
+    stock: bool = False  # written as a stock checkpoint (a uniform expert or width cut and no block pruned)
 
     def summary(self) -> str:
         return summary(self)
@@ -194,8 +194,9 @@ def prune(
         kept = [entry for entry in tensors if not total.prunes(entry.name)]
     shards = source_checkpoint.files
     inherited, left_out = inherited_files(src_dir, shards)
-    # A uniform expert or width cut with no block pruned is a stock checkpoint (check_width refuses the rest).
-    stock = not total.num_blocks and ((bool(plan.experts) and is_uniform(config, plan)) or plan.has_width)
+    # A uniform expert or width cut with no block pruned is a stock checkpoint.
+    uniform = is_uniform(config, plan) if plan.experts else is_uniform_width(config, plan)
+    stock = not total.num_blocks and (bool(plan.experts) or plan.has_width) and uniform
 
     params_before, bytes_before = _count(tensors)
     params_after, bytes_after = _count(kept)
@@ -370,15 +371,24 @@ def removed_text(plan: Plan) -> str:
 
 
 def width_text(plan: Plan) -> str:
-    """'64 MLP channels and 1 KV group (with its query heads) from each of 28 layers'."""
+    """'64 MLP channels and 1 KV group (with its query heads) from each of 28 layers', or, where
+    counts differ, '1,800 MLP channels from 28 layers (12 to 130 per layer)'."""
     parts = []
-    if plan.ffn:
-        parts.append(f"{len(plan.ffn[0][1])} MLP channels")
-    if plan.kv_heads:
-        count = len(plan.kv_heads[0][1])
-        parts.append(f"{count} KV group{'s' if count > 1 else ''} (with their query heads)")
-    layers = len({layer for layer, _ in plan.ffn + plan.kv_heads})
-    return f"{' and '.join(parts)} from each of {layers} layers"
+    for lists, what in ((plan.ffn, "MLP channels"), (plan.kv_heads, "KV groups (with their query heads)")):
+        counts = [len(indices) for _, indices in lists]
+        if not counts:
+            continue
+        if len(set(counts)) == 1:
+            parts.append(f"{counts[0]} {what}" if counts[0] > 1 else f"1 {what.replace('groups', 'group')}")
+        else:
+            parts.append(f"{sum(counts):,} {what} ({min(counts)} to {max(counts)} per layer)")
+    layers = {layer for layer, _ in plan.ffn + plan.kv_heads}
+    uniform = all(
+        len({len(i) for _, i in lists}) <= 1 and len(lists) == len(layers)
+        for lists in (plan.ffn, plan.kv_heads)
+        if lists
+    )
+    return f"{' and '.join(parts)} from {'each of ' if uniform else ''}{len(layers)} layers"
 
 
 def stock_card(result: PruneResult, base_model: str) -> str:

@@ -45,8 +45,10 @@ class Description(dict):
 
         def per_layer(lists: dict) -> str:
             counts = {len(items) for items in lists.values()}
-            each = f"{counts.pop()} in each of" if len(counts) == 1 else f"{sum(map(len, lists.values()))} over"
-            return f"{each} {len(lists)} layers"
+            layers = f"{len(lists)} layer{'s' if len(lists) > 1 else ''}"
+            if len(counts) == 1:
+                return f"{counts.pop()} in each of {layers}" if len(lists) > 1 else f"{counts.pop()} in {layers}"
+            return f"{sum(map(len, lists.values()))} over {layers} ({min(counts)} to {max(counts)} per layer)"
 
         removed = [
             f"{title}{per_layer(self[key])}\n" for key, title in _REMOVED if self.get(key)
