@@ -45,9 +45,11 @@ from qprune.healing.settings import HealSettings
 from qprune.measure.bench import BenchSettings
 from qprune.measure.data import DataSpec
 from qprune.measure.goal import Constraints, ExpertTarget, Target, WidthTarget
+from qprune.measure.patch import PatchSettings
 
 # Headings of option groups in --help.
 SEARCH = "Search (--auto)"
+PATCH = "Recovery without training (--patch)"
 MEASURING = "Measuring"
 TRAINING = "Training"
 
@@ -160,6 +162,16 @@ def prune(
     width_allocation: str = option(WidthTarget, "width_allocation", panel=SEARCH),
     dtype: str = in_panel(DTYPE, SEARCH),
     max_memory: Optional[str] = in_panel(MAX_MEMORY, SEARCH),
+    patch: bool = typer.Option(
+        False,
+        "--patch",
+        help="For each run of pruned blocks, fold a least-squares correction fitted on calibration data into the "
+        "kept block before it (no training, no new tensors).",
+        rich_help_panel=PATCH,
+    ),
+    patch_map: str = option(PatchSettings, "patch_map", panel=PATCH),
+    patch_target: str = option(PatchSettings, "patch_target", panel=PATCH),
+    patch_ridge: float = option(PatchSettings, "patch_ridge", panel=PATCH),
     source: Optional[str] = option(DataSpec, "source", panel=DATA_PANEL),
     text_field: str = option(DataSpec, "text_field", panel=DATA_PANEL),
     samples: int = option(DataSpec, "samples", panel=DATA_PANEL),
@@ -179,16 +191,35 @@ def prune(
     with user_errors():
         shard_size = parse_size(max_shard_size)
         memory = parse_memory(max_memory)
+        patch_settings = settings_from(PatchSettings, values)
+        if not patch and patch_settings != PatchSettings():
+            raise QpruneError("--patch-map, --patch-target and --patch-ridge say how to patch: add --patch")
         if not auto:
-            chosen = (blocks, param_ratio, expert_ratio, ffn_ratio, kv_head_ratio, memory)
+            chosen = (blocks, param_ratio, expert_ratio, ffn_ratio, kv_head_ratio) + ((memory,) if not patch else ())
             if whole_layers or any(value is not None for value in chosen):
                 raise QpruneError(
                     "--blocks, --param-ratio, --whole-layers, --expert-ratio, --ffn-ratio, --kv-head-ratio and "
                     "--max-memory choose what to remove automatically: add --auto"
                 )
-            from qprune.ops.prune import prune as run_prune
+            if patch:
+                from qprune.ops.patch import patch as run_patch
 
-            result = run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=shard_size, force=force)
+                result = run_patch(
+                    src,
+                    out,
+                    read_plan(attn, mlp, plan),
+                    patch_settings,
+                    data=settings_from(DataSpec, values),
+                    dtype=dtype,
+                    max_memory=memory,
+                    max_shard_size=shard_size,
+                    force=force,
+                    progress=reporter(quiet),
+                )
+            else:
+                from qprune.ops.prune import prune as run_prune
+
+                result = run_prune(src, out, read_plan(attn, mlp, plan), max_shard_size=shard_size, force=force)
             show(result)
             return
         if attn or mlp or plan:
@@ -228,6 +259,7 @@ def prune(
             force=force,
             progress=reporter(quiet),
             max_memory=memory,
+            patch=patch_settings if patch else None,
         )
     show(found)
     typer.echo()

@@ -64,6 +64,29 @@ class _Recorder(nn.Module):
         return hidden_states
 
 
+def layer_calls(model, embeds: torch.Tensor) -> list:
+    """The (args, kwargs) each decoder layer of `model` gets from the model's own forward of `embeds`
+    (mask, rotary embeddings, ...), with stand-ins for the layers so that no weight is needed: a layer
+    run by hand on them computes what it computes inside the forward."""
+    decoder = model.model
+    calls: list = [None] * len(decoder.layers)
+    real = decoder.layers
+    decoder.layers = nn.ModuleList(_Recorder(layer, calls, i) for i, layer in enumerate(real))
+
+    def stop(module, args):
+        raise _Stop
+
+    handle = decoder.norm.register_forward_pre_hook(stop)
+    try:
+        decoder(inputs_embeds=embeds, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+        decoder.layers = real
+    return calls
+
+
 @dataclass
 class _Stream:
     """One micro-batch-wise residual stream advanced through the layers from `start` on."""
@@ -109,34 +132,13 @@ class LayerPasses:
         with self.streamed.resident(decoder.embed_tokens):
             for k, input_ids in enumerate(self.batches):
                 embeds = decoder.embed_tokens(input_ids.to(self.streamed.device))
-                self.calls.append(self._layer_calls(embeds))
+                self.calls.append(layer_calls(self.model, embeds))
                 self.live.put(("current", k), embeds)
         current = _Stream("current", self.removed, 0, lambda k: self.live.pop(("current", k)), record=record)
         self.sweep([current], description)
         with self.streamed.resident(decoder.norm, self.model.lm_head):
             for k in range(len(self.batches)):
                 yield k, decoder.norm(self.live.pop(("current", k)))
-
-    def _layer_calls(self, embeds: torch.Tensor) -> list:
-        """The (args, kwargs) each decoder layer gets from the model's own forward (mask, rotary
-        embeddings, ...), with stand-ins for the layers so that no weight is needed."""
-        decoder = self.model.model
-        calls: list = [None] * len(self.layers)
-        real = decoder.layers
-        decoder.layers = nn.ModuleList(_Recorder(layer, calls, i) for i, layer in enumerate(real))
-
-        def stop(module, args):
-            raise _Stop
-
-        handle = decoder.norm.register_forward_pre_hook(stop)
-        try:
-            decoder(inputs_embeds=embeds, use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-            decoder.layers = real
-        return calls
 
     def sweep(self, streams: list[_Stream], description: str) -> None:
         """Advance every stream through the layers from its start to the last, one layer resident at a

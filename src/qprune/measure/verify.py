@@ -414,8 +414,10 @@ def verify(
             detail = str(QpruneError(overflow_message(model, suggest_check=False)))  # verify has no check_overflow
             checks.append(Check("logits", detail, False))
             return checks
-        healed = (checkpoint.dir / HEAL_REPORT).exists()  # trained after pruning: no longer the base's weights
-        if base_checkpoint is not None and not healed:
+        # Trained (heal) or patched after pruning: no longer the base's weights, by design.
+        healed = (checkpoint.dir / HEAL_REPORT).exists()
+        patched = "qprune_patch" in checkpoint.config
+        if base_checkpoint is not None and not (healed or patched):
             note(f"logits against the oracle: loading {base_checkpoint.name}")
             from qprune.io.experts import recorded_experts
             from qprune.io.width import recorded_width
@@ -429,7 +431,8 @@ def verify(
             detail = f"max |Δlogits| vs oracle (base with pruned output projections zeroed, {how}): {delta:.2e}"
             checks.append(Check("logits", f"{detail} (<= {tolerance:g})", delta <= tolerance))
         elif base_checkpoint is not None:
-            checks.append(Check("logits", "healed: its weights differ from the base by design (see self)", True))
+            how = "healed" if healed else "patched"
+            checks.append(Check("logits", f"{how}: its weights differ from the base by design (see self)", True))
         if quantize is None:
             note("logits against the self-oracle (a stock model with its own tensors)")
             delta = (logits - _logits(self_oracle(checkpoint), input_ids)).abs().max().item()

@@ -21,7 +21,9 @@ from qprune.errors import QpruneError
 from qprune.io.output import check_output
 from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.measure.goal import ExpertTarget, WidthTarget
+from qprune.measure.patch import PatchSettings
 from qprune.measure.search import METHODS, Constraints, Target, search
+from qprune.ops.patch import fit
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
 from qprune.plan import Plan
 from qprune.progress import as_progress
@@ -47,6 +49,7 @@ def auto_prune(
     force: bool = False,
     progress: bool | Progress = True,
     max_memory: int | None = None,
+    patch: PatchSettings | None = None,
 ) -> tuple[PruneResult, SearchResult | ExpertSaliency]:
     """Choose what to remove on `spec`'s calibration data, then write the pruned checkpoint.
 
@@ -54,11 +57,15 @@ def auto_prune(
       report in the output. With `max_memory` (bytes), a model that does not fit is searched layer by
       layer within it (the same plan). Returns (PruneResult, SearchResult).
     - An `ExpertTarget` (a Qwen3-MoE's experts): score every expert (`measure.experts`) and write the
-      cut (uniform: a stock Qwen3-MoE). Returns (PruneResult, ExpertSaliency)."""
+      cut (uniform: a stock Qwen3-MoE). Returns (PruneResult, ExpertSaliency).
+    - `patch`: blocks only: fold a correction for the chosen blocks into kept weights (`ops.patch`),
+      fitted on the same model and data."""
     from qprune.measure.data import load_for_measurement
 
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
     experts = isinstance(target, ExpertTarget)
+    if patch is not None and not isinstance(target, Target):
+        raise QpruneError("--patch corrects for pruned blocks; experts and width are cut without it")
     if not experts and method not in METHODS:
         raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
     progress = as_progress(progress)
@@ -99,9 +106,11 @@ def auto_prune(
     else:
         found = _search_blocks(model, batch, target, method, metric, constraints, progress)
         plan, report = found.plan, found.report(checkpoint.name, spec.describe(), dtype)
+    patches = fit(model, batch, plan, patch, spec, progress) if patch is not None else None
     del model  # the weights are copied from the files, not from memory
     size = max_shard_size or DEFAULT_MAX_SHARD_SIZE
-    return prune(checkpoint, Path(out), plan, max_shard_size=size, force=force, search=report), found
+    result = prune(checkpoint, Path(out), plan, max_shard_size=size, force=force, search=report, patches=patches)
+    return result, found
 
 
 def _search_blocks(model, batch, target: Target, method, metric, constraints, progress) -> SearchResult:

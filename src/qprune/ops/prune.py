@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,11 @@ from qprune.arch import FAMILIES, SLIDING_WINDOW_ATTENTION, family_of
 from qprune.errors import QpruneError
 from qprune.io.experts import check_experts, cut_config, expert_tensors, is_uniform
 from qprune.io.output import atomic_output, check_output
-from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, write_shards
+from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, read_header, write_shards
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.io.stock import stock_config
 from qprune.io.width import check_width, is_uniform_width, width_config, width_tensors
+from qprune.measure.patch import PATCH_RECORD, Patches
 from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
@@ -63,6 +65,7 @@ class PruneResult:
     left_out: tuple[str, ...] = ()  # files of the source that do not belong in a model directory
     model_type: str = "qwen3"  # the stock family's
     stock: bool = False  # written as a stock checkpoint (a uniform expert or width cut and no block pruned)
+    patches: Patches | None = None  # the corrections folded into kept weights (`prune --patch`)
 
     def summary(self) -> str:
         return summary(self)
@@ -165,10 +168,12 @@ def prune(
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     force: bool = False,
     search: SearchReport | None = None,
+    patches: Patches | None = None,
 ) -> PruneResult:
     """Prune `plan`'s blocks out of `source` (directory, hub id or opened Checkpoint) into the new checkpoint `out`.
     `search` says how the plan was chosen (`prune --auto`): it is written to `qprune_search.json` and
-    summarised in the model card."""
+    summarised in the model card. `patches` (`measure.patch`, fitted for this plan on this source) are
+    folded into the kept output projections they name: the same tensors, some with new values."""
     out = Path(out).absolute()
     if max_shard_size <= 0:
         raise QpruneError(f"max_shard_size must be positive, not {max_shard_size}")
@@ -181,6 +186,8 @@ def prune(
         raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers (or {experts}, {ffn}, {kv_heads})")
     if plan.attn and not family_of(config).attention_prunable(config):
         raise QpruneError(SLIDING_WINDOW_ATTENTION)
+    if patches is not None and (plan.experts or plan.has_width):
+        raise QpruneError("--patch corrects for pruned blocks; experts and width are cut without it")
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
     if plan.has_width:  # a dense Qwen3's: never with experts
@@ -213,11 +220,15 @@ def prune(
         tuple(left_out),
         family_of(config).model_type,
         stock,
+        patches,
     )
     base_model = portable_name(config.get("qprune_base_model", source_checkpoint.name))
     base_path = base_location(config, source_checkpoint.name)
     tokenizer_settings = tokenizer_config(source_checkpoint)
-    with atomic_output(out, force, sources=[src_dir, *shards]) as tmp:
+    with atomic_output(out, force, sources=[src_dir, *shards]) as tmp, tempfile.TemporaryDirectory() as scratch:
+        if patches is not None:  # the patched tensors, from a scratch file, in place of the source's
+            patched = _written(patches.folded(source_checkpoint), Path(scratch))
+            kept = [patched.get(entry.name, entry) for entry in kept]
         write_shards(kept, tmp, max_shard_size)
         source_config = cut_config(config, plan) if plan.experts else config
         source_config = width_config(config, plan) if plan.has_width else source_config
@@ -229,6 +240,8 @@ def prune(
         else:
             new_config = pruned_config(source_config, total, base_model, base_path)
             modeling_files = family_of(config).modeling_files
+            if patches is not None:
+                new_config[PATCH_RECORD] = patches.record()
         (tmp / "config.json").write_text(json.dumps(new_config, indent=2) + "\n")
         for name in modeling_files:
             shutil.copyfile(MODELING_DIR / name, tmp / name)
@@ -241,6 +254,15 @@ def prune(
         card = stock_card(result, base_model) if stock else model_card(result, base_model, search)
         (tmp / "README.md").write_text(card)
     return result
+
+
+def _written(tensors: dict, scratch: Path) -> dict[str, TensorEntry]:
+    """Tensors held in memory as entries of a safetensors file in `scratch`, to be copied like the rest."""
+    from safetensors.torch import save_file
+
+    path = scratch / "patched.safetensors"
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path))
+    return {entry.name: entry for entry in read_header(path)}
 
 
 # -- what the summary and the card say -------------------------------------------------------------
@@ -275,6 +297,7 @@ def summary(result: PruneResult) -> str:
             f"({_change(result.bytes_before, result.bytes_after)})",
         ]
         + ([f"left out (not part of a model directory): {', '.join(result.left_out)}"] if result.left_out else [])
+        + ([result.patches.text()] if result.patches else [])
     )
 
 
@@ -416,13 +439,33 @@ def stock_card(result: PruneResult, base_model: str) -> str:
 
 
 def model_card(result: PruneResult, base_model: str, search: SearchReport | None = None) -> str:
-    return _CARD.format(
-        pruned=result.plan.num_blocks,
-        blocks=2 * result.num_layers,
-        attn=format_layers(result.plan.attn),
-        mlp=format_layers(result.plan.mlp),
-        experts=f"\n- Experts removed: {removed_text(result.added)} (`qprune_pruned_experts` in config.json)"
-        if result.added.experts
-        else "",
-        **_card_fields(result, base_model),
-    ) + ("\n" + report.search_section(search) if search else "")
+    return (
+        _CARD.format(
+            pruned=result.plan.num_blocks,
+            blocks=2 * result.num_layers,
+            attn=format_layers(result.plan.attn),
+            mlp=format_layers(result.plan.mlp),
+            experts=f"\n- Experts removed: {removed_text(result.added)} (`qprune_pruned_experts` in config.json)"
+            if result.added.experts
+            else "",
+            **_card_fields(result, base_model),
+        )
+        + ("\n" + report.search_section(search) if search else "")
+        + (_patch_section(result.patches) if result.patches else "")
+    )
+
+
+def _patch_section(patches: Patches) -> str:
+    """The card's "Patched" section: what was folded where (config.json's `qprune_patch` has the record)."""
+    lines = "\n".join(f"    {line.strip()}" for line in patches.text().splitlines()[1:])
+    return f"""
+## Patched
+
+Without training, for each run of pruned blocks, a least-squares correction fitted on calibration data
+({patches.tokens:,} tokens of `{patches.data.get("source", "?")}`) was folded into the output projection of the
+kept block before it ({patches.settings.patch_map} map, {patches.settings.patch_target} target, ridge
+{patches.settings.patch_ridge:g}; `qprune_patch` in config.json). Those weights differ from the base's; the
+tensors are the same.
+
+{lines}
+"""
