@@ -8,6 +8,7 @@ and heal take the result; bad settings are one-line errors."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -206,3 +207,21 @@ def test_bad_patch_settings_are_one_line_errors(base, tmp_path, args, message):
     result = cli("prune", base, tmp_path / "out", *args, "--samples", "2", "--seq-len", "32")
     assert_one_line_error(result, message)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_map_on_too_few_tokens_is_warned_about(base):
+    """A full map has as many unknowns per output as its input has features: with fewer than 16 tokens per
+    feature it fits the text (the shipped model got worse than unpatched at 1.3), so qprune says so."""
+    from qprune.errors import QpruneWarning
+    from qprune.measure.data import load_token_batches
+    from qprune.runtime.load import load, load_tokenizer
+
+    model = load(base, dtype=torch.float32)
+    few = load_token_batches(DataSpec(samples=6, seq_len=32), load_tokenizer(base))  # 192 tokens, o_proj has 64
+    with pytest.warns(QpruneWarning, match="a full map of 64 features fitted on 192 tokens"):
+        fit_patches(model, few, PLAN)
+    enough = load_token_batches(DataSpec(samples=34, seq_len=32), load_tokenizer(base))  # 1,088 >= 16 x 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QpruneWarning)
+        fit_patches(model, enough, PLAN)
+        fit_patches(model, few, PLAN, PatchSettings(patch_map="output"))  # hidden-size maps: not warned

@@ -4,6 +4,7 @@
     from qprune.plan import Plan
 
     qprune.prune("Qwen/Qwen3-0.6B", "qwen3-pruned", Plan(attn=(20, 22), mlp=(24,)))
+    qprune.patch("Qwen/Qwen3-0.6B", "qwen3-patched", Plan(mlp=(24,)))  # a fitted correction, no training
     qprune.heal("qwen3-pruned", "qwen3-healed")               # distil the base back in
     qprune.export("qwen3-healed", "qwen3-healed-stock")      # an exact stock Qwen3, for any engine
     model = qprune.load("qwen3-healed", quantize="int8")   # or qprune.quantize(model, "int8")
@@ -30,6 +31,8 @@ _LAZY = {
     "Checkpoint": "qprune.io.source",
     "open_checkpoint": "qprune.io.source",
     "HealSettings": "qprune.healing.settings",
+    "PatchSettings": "qprune.measure.patch",
+    "patch": "qprune.ops.patch",
     "QpruneError": "qprune.errors",
     "export": "qprune.ops.export",
     "heal": "qprune.healing.distill",
@@ -43,6 +46,7 @@ _LAZY = {
 __all__ = [
     "Checkpoint",
     "HealSettings",
+    "PatchSettings",
     "Plan",
     "PrunedLinear",
     "PrunedQwen3Config",
@@ -57,6 +61,7 @@ __all__ = [
     "load",
     "lora_config",
     "open_checkpoint",
+    "patch",
     "prune",
     "pruned_modules",
     "quantize",
@@ -68,6 +73,7 @@ if TYPE_CHECKING:
     from qprune.healing.distill import heal
     from qprune.healing.lora import lora_config, pruned_modules
     from qprune.healing.settings import HealSettings
+    from qprune.measure.patch import PatchSettings
     from qprune.measure.verify import verify
     from qprune.modeling.configuration_pruned_qwen3 import PrunedQwen3Config
     from qprune.modeling.configuration_pruned_qwen3_moe import PrunedQwen3MoeConfig
@@ -79,6 +85,7 @@ if TYPE_CHECKING:
     from qprune.modeling.modeling_pruned_qwen3_moe import PrunedQwen3MoeForCausalLM
     from qprune.modeling.pruned_blocks import PrunedLinear
     from qprune.ops.export import export
+    from qprune.ops.patch import patch
     from qprune.ops.prune import prune
     from qprune.plan import Plan
     from qprune.runtime.load import load
