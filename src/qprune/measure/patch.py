@@ -53,6 +53,17 @@ _ROWS_AT_ONCE = 8  # sequences per micro-batch
 TOKENS_PER_FEATURE = 16
 
 
+# What `--patch` takes: a plan that prunes blocks, and no experts or width (their cuts are exact slices).
+NOT_PATCHABLE = "{patch} corrects for pruned blocks; experts and width are cut without it"
+
+
+def check_patchable(plan: Plan) -> None:
+    if plan.experts or plan.has_width:
+        raise QpruneError(NOT_PATCHABLE)
+    if not plan.num_blocks:
+        raise QpruneError("{patch} corrects for pruned blocks: the plan prunes none (give {attn} or {mlp} layers)")
+
+
 @dataclass(frozen=True)
 class PatchSettings:
     """How `prune --patch` fits its corrections (the data: `DataSpec`, the usual calibration options)."""
@@ -211,9 +222,8 @@ def fit_patches(model, batch, plan: Plan, settings: PatchSettings = PatchSetting
     resident = contextlib.nullcontext if engine.whole else engine.streamed.resident
     layers = skeleton.model.layers
     source = removed_blocks(skeleton)
+    check_patchable(plan)
     new = {(i, "attn") for i in plan.attn} | {(i, "mlp") for i in plan.mlp}
-    if not new:
-        raise QpruneError("--patch corrects for pruned blocks: the plan prunes none (give {attn} or {mlp} layers)")
     if new & source:
         raise QpruneError(f"the source prunes {sorted(new & source)} already")
     order = [(i, kind) for i in range(len(layers)) for kind in ("attn", "mlp")]

@@ -21,7 +21,7 @@ from qprune.errors import QpruneError
 from qprune.io.output import check_output
 from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.measure.goal import ExpertTarget, WidthTarget
-from qprune.measure.patch import PatchSettings
+from qprune.measure.patch import NOT_PATCHABLE, PatchSettings
 from qprune.measure.search import METHODS, Constraints, Target, search
 from qprune.ops.patch import fit
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, prune
@@ -64,8 +64,8 @@ def auto_prune(
 
     check_output(Path(out).absolute(), force, sources=[source])  # before minutes of search
     experts = isinstance(target, ExpertTarget)
-    if patch is not None and not isinstance(target, Target):
-        raise QpruneError("--patch corrects for pruned blocks; experts and width are cut without it")
+    if patch is not None and not isinstance(target, Target):  # before any search
+        raise QpruneError(NOT_PATCHABLE)
     if not experts and method not in METHODS:
         raise QpruneError(f"{{method}} {method}: choose {' or '.join(METHODS)}")
     progress = as_progress(progress)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qprune.errors import QpruneError
 from qprune.io.output import check_output
 from qprune.io.source import Checkpoint, open_checkpoint
 from qprune.measure.data import DataSpec, load_for_measurement
-from qprune.measure.patch import Patches, PatchSettings, fit_patches
+from qprune.measure.patch import Patches, PatchSettings, check_patchable, fit_patches
 from qprune.ops.prune import DEFAULT_MAX_SHARD_SIZE, PruneResult, prune
 from qprune.plan import Plan
 from qprune.progress import Progress, as_progress
@@ -44,13 +43,6 @@ def patch(
     patches = fit(model, batch, plan, settings, data, progress)
     del model
     return prune(checkpoint, out, plan, max_shard_size=max_shard_size, force=force, patches=patches)
-
-
-def check_patchable(plan: Plan) -> None:
-    if plan.experts or plan.has_width:
-        raise QpruneError("--patch corrects for pruned blocks; experts and width are cut without it")
-    if not plan.num_blocks:
-        raise QpruneError("--patch corrects for pruned blocks: the plan prunes none (give {attn} or {mlp} layers)")
 
 
 def fit(model, batch, plan: Plan, settings: PatchSettings, data: DataSpec, progress: Progress) -> Patches:

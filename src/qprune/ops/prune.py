@@ -28,7 +28,7 @@ from qprune.io.safetensors import SAFE_INDEX, SAFE_WEIGHTS, TensorEntry, read_he
 from qprune.io.source import Checkpoint, open_checkpoint, portable_name
 from qprune.io.stock import stock_config
 from qprune.io.width import check_width, is_uniform_width, width_config, width_tensors
-from qprune.measure.patch import PATCH_RECORD, Patches
+from qprune.measure.patch import PATCH_RECORD, Patches, check_patchable
 from qprune.measure.report import SearchReport
 from qprune.ops import report
 from qprune.plan import Plan
@@ -186,8 +186,8 @@ def prune(
         raise QpruneError("the plan prunes no blocks: give {attn} or {mlp} layers (or {experts}, {ffn}, {kv_heads})")
     if plan.attn and not family_of(config).attention_prunable(config):
         raise QpruneError(SLIDING_WINDOW_ATTENTION)
-    if patches is not None and (plan.experts or plan.has_width):
-        raise QpruneError("--patch corrects for pruned blocks; experts and width are cut without it")
+    if patches is not None:
+        check_patchable(plan)
     total = source_checkpoint.plan.union(plan)
     tensors = list(source_checkpoint.tensors.values())
     if plan.has_width:  # a dense Qwen3's: never with experts
